@@ -1,0 +1,22 @@
+"""Build a training module into a shared library for a target."""
+
+import os
+import tempfile
+
+import tvm
+
+from .errors import CompileError
+
+
+def build_library(module, target_spec):
+    """Compile every function of ``module`` for ``target_spec``; returns the library's bytes."""
+    try:
+        executable = tvm.compile(module, target=target_spec.tvm())
+    except tvm.TVMError as exc:
+        raise CompileError(f"TVM failed to build for target {target_spec.name}: {str(exc).splitlines()[-1]}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.so")
+        options = {"cc": target_spec.cross_compiler} if target_spec.cross_compiler else {}
+        executable.export_library(path, **options)
+        with open(path, "rb") as handle:
+            return handle.read()

@@ -1,0 +1,68 @@
+"""Model in, artifact out: the one function behind ``fedskel-compile``."""
+
+import os
+import tempfile
+
+import numpy as np
+import tvm
+
+from fedskel.runtime.artifact import LIBRARY, PARAMS, pack_arrays, write_artifact
+from fedskel.targets import get_target
+
+from .build import build_library
+from .errors import CompileError
+from .onnx_loader import load_onnx
+from .training_graph import FUNCTION_ARGS, build_training_module
+from .zoo import ZOO, export_zoo_onnx
+
+DEFAULT_OPTIMIZER = {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.0}
+
+
+def resolve_model(model, batch_size, workdir, seed=0):
+    """A zoo name is exported to ONNX in ``workdir``; anything else is taken as an ONNX path."""
+    if model in ZOO:
+        path = os.path.join(workdir, f"{model}.onnx")
+        export_zoo_onnx(model, batch_size or 32, path, seed=seed)
+        return path, model, batch_size or 32
+    if not os.path.exists(model):
+        raise CompileError(f"{model}: no such file, and not a zoo model (zoo: {', '.join(ZOO)})")
+    return model, None, batch_size
+
+
+def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0):
+    """Compile ``model`` (zoo name or ONNX path) into the artifact ``output``; returns the manifest."""
+    try:
+        target_spec = get_target(target)
+    except KeyError as exc:
+        raise CompileError(str(exc.args[0])) from None
+    optimizer = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+    with tempfile.TemporaryDirectory() as workdir:
+        path, zoo_name, batch_size = resolve_model(model, batch_size, workdir, seed)
+        imported = load_onnx(path, batch_size=batch_size, num_classes=num_classes, name=zoo_name)
+        training = build_training_module(imported, ratio)
+    library = build_library(training.module, target_spec)
+    manifest = {
+        "model": imported.name,
+        "input_shape": list(imported.input_shape),
+        "batch_size": imported.input_shape[0],
+        "num_classes": imported.num_classes,
+        "params": [_describe(n, imported.initial_values[n]) for n in imported.param_names],
+        "states": [_describe(n, imported.initial_values[n]) for n in imported.state_names],
+        "conv_layers": training.conv_layers,
+        "ratio": ratio,
+        "optimizer": optimizer,
+        "functions": FUNCTION_ARGS,
+        "target": {
+            "name": target_spec.name,
+            "tvm_target": target_spec.tvm_target,
+            "machine": target_spec.machine,
+            "device": target_spec.device,
+        },
+        "tvm_version": tvm.__version__,
+    }
+    members = {LIBRARY: library, PARAMS: pack_arrays(imported.initial_values)}
+    return write_artifact(output, manifest, members)
+
+
+def _describe(name, array):
+    return {"name": name, "shape": list(array.shape), "dtype": str(np.dtype(array.dtype))}

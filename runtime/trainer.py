@@ -1,0 +1,131 @@
+"""The device-side trainer: one compiled artifact, driven with numpy arrays, no torch anywhere.
+
+Parameters, states (BatchNorm running statistics) and SGD velocities live on the TVM device between
+steps; numpy copies are made only when asked for (``params``) so a training loop does not pay for them.
+"""
+
+import numpy as np
+import tvm
+from tvm.runtime import vm as tvm_vm
+
+from .skeleton import validate_skeleton
+
+
+class InputError(ValueError):
+    """Input arrays that do not match the compiled shapes or dtypes."""
+
+
+class Trainer:
+    def __init__(self, manifest, library, initial_arrays, device):
+        self.manifest = manifest
+        self.device = device
+        self._vm = tvm_vm.VirtualMachine(library, device)
+        self.conv_layers = manifest["conv_layers"]
+        self.param_names = [p["name"] for p in manifest["params"]]
+        self.state_names = [s["name"] for s in manifest["states"]]
+        self.input_shape = tuple(manifest["input_shape"])
+        self.num_classes = manifest["num_classes"]
+        self.optimizer = dict(manifest["optimizer"])
+        self._params = [self._tensor(initial_arrays[n]) for n in self.param_names]
+        self._states = [self._tensor(initial_arrays[n]) for n in self.state_names]
+        self.reset_optimizer()
+
+    # ---- what the model is -------------------------------------------------------------------
+    @property
+    def skeleton_layers(self):
+        """{CONV weight name: (out_channels, k)} in graph order."""
+        return {layer["weight"]: (layer["out_channels"], layer["k"]) for layer in self.conv_layers}
+
+    @property
+    def params(self):
+        return {n: t.numpy() for n, t in zip(self.param_names, self._params)}
+
+    @property
+    def states(self):
+        return {n: t.numpy() for n, t in zip(self.state_names, self._states)}
+
+    def set_params(self, params):
+        """Replace some or all parameters (and BatchNorm states, by their names)."""
+        shapes = {p["name"]: tuple(p["shape"]) for p in self.manifest["params"] + self.manifest["states"]}
+        for name, value in params.items():
+            if name not in shapes:
+                raise InputError(f"unknown parameter {name!r}")
+            value = np.asarray(value)
+            if value.shape != shapes[name]:
+                raise InputError(f"parameter {name}: shape {value.shape}, expected {shapes[name]}")
+        for name, value in params.items():
+            tensor = self._tensor(np.asarray(value, dtype=np.float32))
+            if name in self.param_names:
+                self._params[self.param_names.index(name)] = tensor
+            else:
+                self._states[self.state_names.index(name)] = tensor
+
+    def reset_optimizer(self):
+        """Zero the momentum buffers (torch.optim.SGD starts from none, which is the same)."""
+        self._velocities = [self._tensor(np.zeros(t.shape, np.float32)) for t in self._params]
+
+    # ---- computing ---------------------------------------------------------------------------
+    def gradients(self, x, y, skeleton=None):
+        """{param name: gradient} of the mean cross-entropy; skeleton backward when a skeleton is given."""
+        args = [self._input(x), *self._params, *self._states, self._labels(y)]
+        if skeleton is None:
+            outputs, grads = self._vm["gradients"](*args)
+        else:
+            outputs, grads = self._vm["gradients_skel"](*args, *self._skeleton(skeleton))
+        return {n: g.numpy() for n, g in zip(self.param_names, grads)}
+
+    def train_step(self, x, y, skeleton=None, lr=None, momentum=None, weight_decay=None):
+        """One SGD step (torch.optim.SGD semantics); returns the loss. BatchNorm states are updated."""
+        hyper = [self._scalar(v if v is not None else self.optimizer[k])
+                 for k, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay))]
+        args = [self._input(x), self._labels(y), *hyper, *self._params, *self._states, *self._velocities]
+        if skeleton is None:
+            result = self._vm["train_step"](*args)
+        else:
+            result = self._vm["train_step_skel"](*args, *self._skeleton(skeleton))
+        p, s = len(self._params), len(self._states)
+        self._params = list(result[1 : 1 + p])
+        self._states = list(result[1 + p : 1 + p + s])
+        self._velocities = list(result[1 + p + s : 1 + 2 * p + s])
+        self.last_importance = self._named_importance(result[1 + 2 * p + s :])
+        return float(result[0].numpy())
+
+    def importance(self, x):
+        """{CONV weight name: sum over N, H, W of |Y|} from a train-mode forward (states untouched)."""
+        result = self._vm["forward_train"](self._input(x), *self._params, *self._states)
+        return self._named_importance(result[1 + len(self._states) :])
+
+    def predict(self, x):
+        """Logits of the inference-mode forward (BatchNorm on running statistics)."""
+        return self._vm["predict"](self._input(x), *self._params, *self._states)[0].numpy()
+
+    # ---- checking inputs ---------------------------------------------------------------------
+    def _named_importance(self, tensors):
+        return {layer["weight"]: t.numpy() for layer, t in zip(self.conv_layers, tensors)}
+
+    def _tensor(self, array):
+        return tvm.runtime.tensor(np.asarray(array, order="C"), self.device)  # (ascontiguousarray makes 0-d 1-d)
+
+    def _scalar(self, value):
+        return self._tensor(np.asarray(value, dtype=np.float32))
+
+    def _input(self, x):
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise InputError(f"input must be float32, got {x.dtype}")
+        if x.shape != self.input_shape:
+            raise InputError(f"input shape {x.shape} does not match the compiled {self.input_shape}")
+        return self._tensor(x)
+
+    def _labels(self, y):
+        y = np.asarray(y)
+        if not np.issubdtype(y.dtype, np.integer):
+            raise InputError(f"labels must be integers, got {y.dtype}")
+        if y.shape != (self.input_shape[0],):
+            raise InputError(f"labels shape {y.shape} does not match the batch ({self.input_shape[0]},)")
+        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+            raise InputError(f"label {int(y.min() if y.min() < 0 else y.max())} out of range [0, {self.num_classes})")
+        return self._tensor(y.astype(np.int64))
+
+    def _skeleton(self, skeleton):
+        return [self._tensor(v) for v in validate_skeleton(skeleton, self.conv_layers)]
