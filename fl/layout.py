@@ -1,0 +1,164 @@
+"""What federated learning needs to know about a compiled model.
+
+The compiler's manifest lists every trainable parameter and every CONV layer.
+FL code works from this layout alone, so it never has to load the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+Params = Mapping[str, np.ndarray]
+Skeleton = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """A CONV layer whose output channels (rows of axis 0) can form a skeleton."""
+
+    weight: str
+    bias: str | None
+    out_channels: int
+    k: int
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Parameter shapes (graph order) plus the CONV layers a skeleton covers."""
+
+    shapes: dict[str, tuple[int, ...]]
+    conv_layers: tuple[ConvLayer, ...]
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> ModelLayout:
+        """Build and cross-check the layout, so a bad manifest fails here, not mid-round."""
+        for key in ("params", "conv_layers"):
+            if key not in manifest:
+                raise ValueError(f"manifest has no {key!r} list")
+        try:
+            shapes = _param_shapes(manifest["params"])
+            layers = tuple(
+                ConvLayer(weight=c["weight"], bias=c.get("bias"), out_channels=int(c["out_channels"]), k=int(c["k"]))
+                for c in manifest["conv_layers"]
+            )
+        except KeyError as err:
+            raise ValueError(f"manifest entry lacks the field {err}") from None
+        layout = cls(shapes=shapes, conv_layers=layers)
+        layout._check_conv_layers()
+        return layout
+
+    def _check_conv_layers(self) -> None:
+        """Every conv layer must point at real parameters whose shapes agree with it."""
+        seen: set[str] = set()
+        for conv in self.conv_layers:
+            for name in (conv.weight, conv.bias):
+                if name is None:
+                    continue
+                if name not in self.shapes:
+                    raise ValueError(f"conv layer {conv.weight!r} refers to unknown parameter {name!r}")
+                if name in seen:
+                    raise ValueError(f"parameter {name!r} belongs to two conv layers")
+                seen.add(name)
+            if self.shapes[conv.weight][:1] != (conv.out_channels,):
+                raise ValueError(
+                    f"conv layer {conv.weight!r}: out_channels {conv.out_channels} "
+                    f"!= weight shape {self.shapes[conv.weight]}"
+                )
+            if conv.bias is not None and self.shapes[conv.bias] != (conv.out_channels,):
+                raise ValueError(
+                    f"conv layer {conv.weight!r}: bias {conv.bias!r} has shape "
+                    f"{self.shapes[conv.bias]}, expected ({conv.out_channels},)"
+                )
+            if not 1 <= conv.k <= conv.out_channels:
+                raise ValueError(f"conv layer {conv.weight!r}: k={conv.k} outside [1, {conv.out_channels}]")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.shapes)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.shapes:
+            raise KeyError(f"unknown parameter {name!r}")
+        return self.shapes[name]
+
+    def conv_of(self, name: str) -> ConvLayer | None:
+        """The CONV layer owning this weight or bias; None for every other parameter."""
+        for conv in self.conv_layers:
+            if name in (conv.weight, conv.bias):
+                return conv
+        return None
+
+    @property
+    def conv_param_names(self) -> frozenset[str]:
+        """Every CONV weight and bias: the only parameters sent as skeleton rows."""
+        return frozenset(n for conv in self.conv_layers for n in (conv.weight, conv.bias) if n is not None)
+
+    def validate_params(self, params: Params) -> None:
+        """Reject a parameter set that is not exactly this model's (names and shapes)."""
+        missing = [n for n in self.shapes if n not in params]
+        unknown = [n for n in params if n not in self.shapes]
+        if missing or unknown:
+            raise ValueError(f"parameters do not match the layout: missing {missing}, unknown {unknown}")
+        for name, shape in self.shapes.items():
+            if np.shape(params[name]) != shape:
+                raise ValueError(f"parameter {name!r} has shape {np.shape(params[name])}, layout says {shape}")
+
+    def validate_skeleton(self, skeleton: Skeleton) -> dict[str, np.ndarray]:
+        """Check a skeleton covers every CONV layer with k distinct in-range channels.
+
+        Returns int64 copies so later mutation of the caller's arrays cannot change it.
+        """
+        by_weight = {conv.weight: conv for conv in self.conv_layers}
+        unknown = [n for n in skeleton if n not in by_weight]
+        if unknown:
+            raise ValueError(f"skeleton names unknown conv weights {unknown}")
+        checked: dict[str, np.ndarray] = {}
+        for weight, conv in by_weight.items():
+            if weight not in skeleton:
+                raise ValueError(f"skeleton has no channels for conv layer {weight!r}")
+            try:
+                indices = checked_indices(skeleton[weight], conv.out_channels, "channel")
+            except ValueError as err:
+                raise ValueError(f"skeleton of {weight!r}: {err}") from None
+            if len(indices) != conv.k:
+                raise ValueError(f"skeleton of {weight!r} has {len(indices)} channels, expected k={conv.k}")
+            checked[weight] = indices
+        return checked
+
+
+def _param_shapes(params: list[Mapping[str, Any]]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for param in params:
+        name = param["name"]
+        if name in shapes:
+            raise ValueError(f"manifest lists parameter {name!r} twice")
+        if param["dtype"] != "float32":
+            raise ValueError(f"parameter {name!r} has dtype {param['dtype']!r}; FL supports float32 only")
+        shape = tuple(int(d) for d in param["shape"])
+        if any(d <= 0 for d in shape):
+            raise ValueError(f"parameter {name!r} has a non-positive dimension in shape {shape}")
+        shapes[name] = shape
+    return shapes
+
+
+def checked_indices(indices: np.ndarray, size: int, what: str) -> np.ndarray:
+    """Distinct, in-range, non-empty int64 indices into an axis of length `size`.
+
+    Shared by skeletons and row-sliced entries: a repeated or out-of-range row
+    would be silently double-counted or crash deep inside aggregation.
+    """
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"{what} indices must be a 1-D integer array, got {indices.dtype} {indices.shape}")
+    if indices.size == 0:
+        raise ValueError(f"{what} indices are empty")
+    bad = indices[(indices < 0) | (indices >= size)]
+    if bad.size:
+        raise ValueError(f"{what} index {int(bad[0])} outside [0, {size})")
+    values, counts = np.unique(indices, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{what} index {int(values[counts > 1][0])} repeated")
+    return indices.astype(np.int64)

@@ -1,0 +1,66 @@
+"""The contract every strategy follows, and the parts they all share.
+
+Strategies differ only in which parameters (or rows) travel; the averaging is
+fl/aggregation.py and the client-side merge is the same overwrite for all.
+Up and down carry the same selection, so a strategy defines just `select`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Iterable
+
+import numpy as np
+
+from fedskel.fl.aggregation import aggregate
+from fedskel.fl.layout import ModelLayout, Params, Skeleton
+from fedskel.fl.update import Entry, Update
+
+
+class Strategy(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, layout: ModelLayout):
+        self.layout = layout
+
+    @abstractmethod
+    def select(self, params: Params, skeleton: Skeleton | None) -> dict[str, Entry]:
+        """The entries that travel for a client with this skeleton (None: none known yet)."""
+
+    def client_update(self, params: Params, skeleton: Skeleton | None, num_examples: int) -> Update:
+        """What a client uploads after local training."""
+        self.layout.validate_params(params)
+        return Update(self.select(params, skeleton), num_examples)
+
+    def aggregate(self, global_params: Params, updates: list[Update]) -> dict[str, np.ndarray]:
+        """New global parameters from this round's uploads."""
+        self.layout.validate_params(global_params)
+        return aggregate(global_params, updates)
+
+    def server_message(self, global_params: Params, skeleton: Skeleton | None) -> Update:
+        """What the server sends a client, given that client's last known skeleton."""
+        self.layout.validate_params(global_params)
+        return Update(self.select(global_params, skeleton), num_examples=0)
+
+    def client_apply(self, local_params: Params, message: Update) -> dict[str, np.ndarray]:
+        """Overwrite what the message carries; everything else stays local."""
+        self.layout.validate_params(local_params)
+        merged = {name: np.array(value, dtype=np.float32) for name, value in local_params.items()}
+        for name, entry in message.entries.items():
+            if name not in merged:
+                raise ValueError(f"message carries unknown parameter {name!r}")
+            if entry.shape != merged[name].shape:
+                raise ValueError(f"message carries {name!r} as shape {entry.shape}, local is {merged[name].shape}")
+            if entry.rows is None:
+                merged[name] = entry.values.copy()
+            else:
+                merged[name][entry.rows] = entry.values
+        return merged
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def whole(params: Params, names: Iterable[str]) -> dict[str, Entry]:
+    """Whole-tensor entries for the given parameters."""
+    return {name: Entry(params[name]) for name in names}

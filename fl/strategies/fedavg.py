@@ -1,0 +1,15 @@
+"""FedAvg: the whole model travels both ways; the baseline for communication."""
+
+from __future__ import annotations
+
+from fedskel.fl.layout import Params, Skeleton
+from fedskel.fl.strategies import register
+from fedskel.fl.strategies.base import Strategy, whole
+from fedskel.fl.update import Entry
+
+
+@register("fedavg")
+class FedAvg(Strategy):
+    def select(self, params: Params, skeleton: Skeleton | None) -> dict[str, Entry]:
+        """Everything, whatever the skeleton: FedAvg ignores it."""
+        return whole(params, self.layout.names)
