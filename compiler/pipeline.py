@@ -35,6 +35,10 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
         target_spec = get_target(target)
     except KeyError as exc:
         raise CompileError(str(exc.args[0])) from None
+    if not 0.0 < ratio <= 1.0:
+        raise CompileError(f"skeleton ratio must be in (0, 1], got {ratio}")
+    if batch_size is not None and batch_size < 1:
+        raise CompileError(f"batch size must be >= 1, got {batch_size}")
     optimizer = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
     with tempfile.TemporaryDirectory() as workdir:
         path, zoo_name, batch_size = resolve_model(model, batch_size, workdir, seed)

@@ -4,6 +4,7 @@ torch is needed only here (and in tests); the exported file is what a user of th
 Export uses torch's legacy exporter in TRAINING mode, the only one that keeps trainable BatchNorm.
 """
 
+import copy
 import io
 import warnings
 from dataclasses import dataclass
@@ -40,12 +41,14 @@ def _cnn_cifar():
 
 
 def _digits_cnn():
+    """CONV-heavy on purpose (global pooling, one small classifier): FedSkel's savings are in CONV filters."""
     from torch import nn
 
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     )
 
 
@@ -102,15 +105,21 @@ def build_torch_model(name, seed=0):
 
 
 def export_onnx(module, input_shape, batch_size):
-    """Serialise a torch module (train mode, BatchNorm trainable) to ONNX bytes with a fixed batch."""
-    import torch
+    """Serialise a torch module (train mode, BatchNorm trainable) to ONNX bytes with a fixed batch.
 
-    module = module.train()
+    The exporter traces a train-mode forward and writes the BatchNorm running statistics as they are
+    *after* it; the initializers are reset from the module's own state so the file holds its true start.
+    """
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    state = {name: value.detach().numpy().copy() for name, value in module.state_dict().items()}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module,
+            copy.deepcopy(module).train(),
             (torch.zeros(batch_size, *input_shape),),
             buffer,
             input_names=["input"],
@@ -120,7 +129,11 @@ def export_onnx(module, input_shape, batch_size):
             dynamo=False,
             opset_version=17,
         )
-    return buffer.getvalue()
+    model = onnx.load_from_string(buffer.getvalue())
+    for index, init in enumerate(model.graph.initializer):
+        if init.name in state:
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(state[init.name], init.name))
+    return model.SerializeToString()
 
 
 def export_zoo_onnx(name, batch_size, path, seed=0):

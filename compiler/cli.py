@@ -1,0 +1,55 @@
+"""``fedskel-compile``: a zoo model or ONNX file in, one artifact out; exit code 2 on bad input."""
+
+import argparse
+import sys
+
+from fedskel.targets import available
+
+from .errors import CompileError
+from .pipeline import DEFAULT_OPTIMIZER, compile_model
+from .zoo import ZOO
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="fedskel-compile",
+        description="Compile a CNN into a FedSkel training artifact (forward, loss, full and skeleton backward, SGD).",
+    )
+    parser.add_argument("model", nargs="?", help=f"a zoo model ({', '.join(ZOO)}) or an ONNX file")
+    parser.add_argument("-o", "--output", help="artifact path (default: MODEL-TARGET.fsk)")
+    parser.add_argument("--target", default="host", help="named target (see --list-targets)")
+    parser.add_argument("--ratio", type=float, default=0.1, help="skeleton ratio r in (0, 1]; k = ceil(r * Cout)")
+    parser.add_argument("--batch-size", type=int, help="fixes a symbolic batch (zoo default 32)")
+    parser.add_argument("--num-classes", type=int, help="when the output shape does not say")
+    for key, value in DEFAULT_OPTIMIZER.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=value, help=f"SGD {key} (default {value})")
+    parser.add_argument("--seed", type=int, default=0, help="initial weights of zoo models")
+    parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.list_targets:
+        for name, spec in sorted(available().items()):
+            print(f"{name:16s} {spec.description}")
+        return 0
+    if args.model is None:
+        _parser().error("a model is required")
+    output = args.output or f"{args.model.rsplit('/', 1)[-1].removesuffix('.onnx')}-{args.target}.fsk"
+    optimizer = {key: getattr(args, key) for key in DEFAULT_OPTIMIZER}
+    try:
+        manifest = compile_model(
+            args.model, output, target=args.target, ratio=args.ratio, batch_size=args.batch_size,
+            num_classes=args.num_classes, optimizer=optimizer, seed=args.seed,
+        )
+    except CompileError as exc:
+        print(f"fedskel-compile: error: {exc}", file=sys.stderr)
+        return 2
+    layers = ", ".join(f"{layer['weight']} {layer['k']}/{layer['out_channels']}" for layer in manifest["conv_layers"])
+    print(f"wrote {output}: {manifest['model']} batch {manifest['batch_size']} for {manifest['target']['name']}; skeleton k/Cout: {layers}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The test oracle: torch autograd, with dY zeroed outside the skeleton for the skeleton backward.
+
+``skeleton_grads`` masks the output gradient of every CONV layer by a forward hook, which is exactly the
+FedSkel definition (FEDSKEL.md) the compiled skeleton backward must reproduce at a fraction of the FLOPs.
+Zoo models are torch modules already; ONNX files built by the tests run through ``OnnxTorchModule``, a
+small reference evaluator of the ops those files use.
+"""
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+
+def _mask_hook(index, channels):
+    mask = torch.zeros(channels)
+    mask[torch.as_tensor(np.asarray(index), dtype=torch.long)] = 1.0
+    return lambda grad: grad * mask.view(1, -1, 1, 1)
+
+
+def torch_gradients(module, conv_outputs, x, y, skeleton=None, names=None):
+    """{param name: grad} of mean cross-entropy; ``conv_outputs(module, x)`` returns (logits, {weight: Y})."""
+    module.zero_grad(set_to_none=True)
+    logits, outputs = conv_outputs(module, torch.from_numpy(x))
+    if skeleton is not None:
+        for weight_name, index in skeleton.items():
+            y_conv = outputs[weight_name]
+            y_conv.register_hook(_mask_hook(index, y_conv.shape[1]))
+    loss = F.cross_entropy(logits, torch.from_numpy(np.asarray(y, dtype=np.int64)))
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.detach().numpy().copy() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def nn_conv_outputs(module, x):
+    """Run a torch nn.Module, capturing each nn.Conv2d output by its weight's parameter name."""
+    captured, handles = {}, []
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.Conv2d):
+            handles.append(sub.register_forward_hook(lambda m, i, o, key=f"{name}.weight": captured.__setitem__(key, o)))
+    try:
+        return module(x), captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class OnnxTorchModule(torch.nn.Module):
+    """Evaluate an ONNX graph with torch ops, initializers as trainable parameters (train-mode BN)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.graph = model.graph
+        self.values = torch.nn.ParameterDict()
+        self.buffers_ = {}
+        stats = {n.input[i] for n in self.graph.node if n.op_type == "BatchNormalization" for i in (3, 4)}
+        self.names = {}
+        for init in self.graph.initializer:
+            array = torch.from_numpy(numpy_helper.to_array(init).copy())
+            if init.name in stats or not array.is_floating_point():
+                self.buffers_[init.name] = array
+            else:
+                key = f"p{len(self.names)}"
+                self.names[key] = init.name
+                self.values[key] = torch.nn.Parameter(array)
+
+    def named_parameters(self, *args, **kwargs):
+        for key, value in self.values.items():
+            yield self.names[key], value
+
+    def forward(self, x):
+        return self.run(x)[0]
+
+    def run(self, x):
+        env = {self.names[k]: v for k, v in self.values.items()}
+        env.update(self.buffers_)
+        env[self.graph.input[0].name] = x
+        conv_outputs = {}
+        for node in self.graph.node:
+            args = [env[i] for i in node.input if i]
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            out = getattr(self, f"_{node.op_type}")(args, attrs)
+            if node.op_type == "Conv":
+                conv_outputs[node.input[1]] = out
+            env[node.output[0]] = out
+        return env[self.graph.output[0].name], conv_outputs
+
+    @staticmethod
+    def _Conv(args, a):
+        pads = a.get("pads", [0, 0, 0, 0])
+        x = F.pad(args[0], (pads[1], pads[3], pads[0], pads[2]))
+        return F.conv2d(x, args[1], args[2] if len(args) > 2 else None, a.get("strides", [1, 1]), 0,
+                        a.get("dilations", [1, 1]), a.get("group", 1))
+
+    @staticmethod
+    def _BatchNormalization(args, a):
+        x, gamma, beta, mean, var = args
+        return F.batch_norm(x, mean.clone(), var.clone(), gamma, beta, True, 1 - a.get("momentum", 0.9), a.get("epsilon", 1e-5))
+
+    @staticmethod
+    def _Relu(args, a):
+        return F.relu(args[0])
+
+    @staticmethod
+    def _MaxPool(args, a):
+        return F.max_pool2d(args[0], a["kernel_shape"], a.get("strides", a["kernel_shape"]))
+
+    @staticmethod
+    def _GlobalAveragePool(args, a):
+        return args[0].mean(dim=(2, 3), keepdim=True)
+
+    @staticmethod
+    def _Flatten(args, a):
+        return torch.flatten(args[0], a.get("axis", 1))
+
+    @staticmethod
+    def _Add(args, a):
+        return args[0] + args[1]
+
+    @staticmethod
+    def _Gemm(args, a):
+        weight = args[1].t() if a.get("transB", 0) else args[1]
+        return args[0] @ weight + (args[2] if len(args) > 2 else 0)
+
+
+def onnx_conv_outputs(module, x):
+    return module.run(x)
