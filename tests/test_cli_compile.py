@@ -1,0 +1,49 @@
+"""fedskel-compile as a user runs it: a real process, a real artifact, then the runtime trains it."""
+
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+
+from fedskel.runtime import load
+from fedskel.runtime.artifact import sha256
+
+
+def fedskel_compile(*args):
+    return subprocess.run([sys.executable, "-m", "fedskel.compiler.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_compile_zoo_model_to_a_self_describing_artifact(tmp_path):
+    out = tmp_path / "lenet5-host.fsk"
+    result = fedskel_compile("lenet5", "--target", "host", "--ratio", "0.25", "--batch-size", "4", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "0.weight 5/20" in result.stdout and "3.weight 13/50" in result.stdout
+    with tarfile.open(out) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    manifest = json.loads(members.pop("manifest.json"))
+    assert set(members) == {"model.so", "params.npz"}
+    assert manifest["sha256"] == {name: sha256(data) for name, data in members.items()}
+    assert manifest["format_version"] == 1 and manifest["model"] == "lenet5"
+    assert manifest["input_shape"] == [4, 1, 28, 28] and manifest["num_classes"] == 10
+    assert manifest["conv_layers"] == [
+        {"weight": "0.weight", "bias": "0.bias", "out_channels": 20, "k": 5},
+        {"weight": "3.weight", "bias": "3.bias", "out_channels": 50, "k": 13},
+    ]
+    assert manifest["target"]["name"] == "host" and manifest["tvm_version"].startswith("0.27")
+    assert [p["name"] for p in manifest["params"]] == ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias", "9.weight", "9.bias"]
+
+    trainer = load(out)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    y = np.array([0, 1, 2, 3])
+    skeleton = {"0.weight": np.arange(5), "3.weight": np.arange(13)}
+    losses = [trainer.train_step(x, y, skeleton=skeleton, lr=0.05) for _ in range(5)]
+    assert losses[-1] < losses[0]
+
+
+def test_list_targets():
+    result = fedskel_compile("--list-targets")
+    assert result.returncode == 0
+    assert "host" in result.stdout
