@@ -1,29 +1,18 @@
 """The skeleton pass: rewrite every CONV backward of a gradient function into its k-channel form.
 
-For a CONV layer Y = conv2d(X, W) (+ b) and a runtime index vector idx of static length k (FEDSKEL.md):
-    dY_k = take(dY, idx, axis=1)            the skeleton's slice of the output gradient
-    dW   = scatter rows idx <- weight_grad(X, dY_k)      (other rows 0)
-    db   = scatter idx <- sum(dY_k over N, H, W)         (other entries 0)
-    dX   = data_grad(dY_k, take(W, idx, axis=0))         (flows only through the skeleton filters)
-which is autograd with dY zeroed outside idx, at k/Cout of the FLOPs.  Grouped CONVs: a selected filter o
-reads input group o // (Cout/g), so the k filters form a k-group CONV over the gathered input channels,
-and dX is scatter-added back (several selected filters may share an input group).
-
 The pass is a module pass: it reads ``gradients`` (made by relax.transform.Gradient with the corrected
 conv2d gradient of conv_gradient.py) and adds ``gradients_skel`` whose extra parameters are the index
-vectors, one per CONV layer in graph order.  The full-size CONV backward bindings it replaces become dead
-and are removed.
+vectors, one per CONV layer in graph order.  In it, each layer's dW, db and dX bindings are replaced by the
+k-channel forms of skeleton_backward.py; the full-size CONV backward they replace becomes dead and is
+removed.
 """
 
 import tvm
 from tvm import relax
-from tvm.relax.op import (
-    add, arange, floor_divide, multiply, permute_dims, reshape, scatter_nd, sum as reduce_sum, take, zeros,
-)
 
-from .conv_gradient import conv2d_data_grad, conv2d_weight_grad, static_shape
 from .conv_layers import find_conv_layers
 from .errors import CompileError
+from .skeleton_backward import SkeletonBackward
 
 
 @tvm.transform.module_pass(opt_level=0, name="SkeletonizeConvBackward")
@@ -71,7 +60,7 @@ class _SkeletonRewriter(relax.PyExprMutator):
         self.ks = ks
         bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
         grad_of = dict(zip(params, self._returned_grads(func, bound)))
-        self.memo = {}  # (layer, name) -> emitted var, so dY_k and the index reshapes are computed once
+        self.backward = {}  # layer index -> SkeletonBackward, made at the first of its bindings
         self.replace = {}  # var of a full-size backward binding -> (kind, layer index)
         self.dy = {}
         for i, layer in enumerate(self.layers):
@@ -122,46 +111,15 @@ class _SkeletonRewriter(relax.PyExprMutator):
         new_var = self.builder_.emit(new_value, binding.var.name + "_skel")
         self.set_var_remap(binding.var, new_var)
 
-    def _once(self, i, name, make):
-        if (i, name) not in self.memo:
-            self.memo[(i, name)] = self.builder_.emit(make())
-        return self.memo[(i, name)]
-
     def _skeleton_grad(self, kind, i):
-        layer, idx, k = self.layers[i], self.indices[i], self.ks[i]
-        bb = self.builder_
-        x = self.visit_expr(layer.call.args[0])
-        weight = self.visit_expr(layer.weight)
-        attrs = layer.call.attrs
-        groups = int(attrs.groups)
-        rows = self._once(i, "rows", lambda: reshape(idx, (k, 1)))
-        dy_k = self._once(i, "dy_k", lambda: take(self.visit_expr(self.dy[i]), idx, axis=1))
-        if kind == "bias":
-            return scatter_nd(zeros((layer.out_channels,), "float32"), rows, reduce_sum(dy_k, axis=[0, 2, 3]))
-        in_channels = static_shape(x)[1]
-        per_group = (layer.out_channels // groups, in_channels // groups)
-        channels = None if groups == 1 else self._once(i, "channels", lambda: self._input_channels(idx, k, *per_group))
-        if kind == "weight":
-            data = x if groups == 1 else bb.emit(take(x, channels, axis=1))
-            dw_k = bb.emit(conv2d_weight_grad(data, dy_k, attrs, 1 if groups == 1 else k, static_shape(weight)[2:]))
-            return scatter_nd(zeros(static_shape(weight), "float32"), rows, dw_k)
-        w_k = bb.emit(take(weight, idx, axis=0))
-        dx = conv2d_data_grad(dy_k, w_k, attrs, 1 if groups == 1 else k, static_shape(x)[2:])
-        if groups == 1:
-            return dx
-        return self._scatter_add_channels(dx, channels, static_shape(x))
-
-    @staticmethod
-    def _input_channels(idx, k, out_per_group, in_per_group):
-        """Input channels read by each selected filter: group(o) * Cin/g + [0, Cin/g)."""
-        group = floor_divide(idx, relax.const(out_per_group, "int64"))
-        first = multiply(reshape(group, (k, 1)), relax.const(in_per_group, "int64"))
-        return reshape(add(first, reshape(arange(0, in_per_group, 1, "int64"), (1, in_per_group))), (k * in_per_group,))
-
-    def _scatter_add_channels(self, dx_selected, channels, x_shape):
-        bb = self.builder_
-        n, c, h, w = x_shape
-        selected = static_shape(channels)[0]
-        rows = bb.emit(permute_dims(bb.emit(dx_selected), [1, 0, 2, 3]))
-        summed = bb.emit(scatter_nd(zeros((c, n, h, w), "float32"), reshape(channels, (selected, 1)), rows, "add"))
-        return permute_dims(summed, [1, 0, 2, 3])
+        if i not in self.backward:
+            layer = self.layers[i]
+            self.backward[i] = SkeletonBackward(
+                self.builder_.emit,
+                self.visit_expr(layer.call.args[0]),
+                self.visit_expr(layer.weight),
+                self.visit_expr(self.dy[i]),
+                self.indices[i],
+                layer.call.attrs,
+            )
+        return getattr(self.backward[i], f"{kind}_grad")()
