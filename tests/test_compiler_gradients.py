@@ -55,6 +55,11 @@ def check_against_torch(trainer, module, conv_outputs):
     for weight, index in skeleton.items():  # rows outside the skeleton are exactly zero
         outside = np.setdiff1d(np.arange(got_skel[weight].shape[0]), index)
         assert not got_skel[weight][outside].any()
+    # FedSkel's importance metric: per channel, sum over N, H, W of |CONV output|
+    with torch.no_grad():
+        _, outputs = conv_outputs(module, torch.from_numpy(x))
+    want_importance = {w: y_conv.abs().sum(dim=(0, 2, 3)).numpy() for w, y_conv in outputs.items()}
+    assert_grads_close(trainer.importance(x), want_importance)
 
 
 @pytest.mark.parametrize("ratio", [0.3, 1.0])

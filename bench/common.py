@@ -1,0 +1,81 @@
+"""Shared by the benchmarks: compiled functions timed by TVM's own evaluator, torch timed the same way."""
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import tvm
+from tvm.runtime import vm as tvm_vm
+
+from fedskel.compiler.pipeline import compile_model
+from fedskel.runtime.artifact import LIBRARY, PARAMS, read_artifact, unpack_arrays
+
+
+class CompiledModel:
+    """An artifact's VM plus ready-made arguments for each of its functions."""
+
+    def __init__(self, path, seed=0):
+        self.manifest, members = read_artifact(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            lib_path = os.path.join(tmp, LIBRARY)
+            with open(lib_path, "wb") as handle:
+                handle.write(members[LIBRARY])
+            self.vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(lib_path), tvm.cpu())
+        arrays = unpack_arrays(members[PARAMS])
+        rng = np.random.default_rng(seed)
+        t = lambda a: tvm.runtime.tensor(np.asarray(a, order="C"))
+        m = self.manifest
+        self.x = t(rng.standard_normal(m["input_shape"]).astype(np.float32))
+        self.y = t(rng.integers(0, m["num_classes"], m["batch_size"]).astype(np.int64))
+        self.params = [t(arrays[p["name"]]) for p in m["params"]]
+        self.states = [t(arrays[s["name"]]) for s in m["states"]]
+        self.velocities = [t(np.zeros(p["shape"], np.float32)) for p in m["params"]]
+        self.skeleton = [t(np.sort(rng.permutation(c["out_channels"])[: c["k"]]).astype(np.int64)) for c in m["conv_layers"]]
+        self.hyper = [t(np.float32(v)) for v in (0.01, 0.9, 0.0)]
+
+    def args(self, function):
+        return {
+            "forward_train": [self.x, *self.params, *self.states],
+            "gradients": [self.x, *self.params, *self.states, self.y],
+            "gradients_skel": [self.x, *self.params, *self.states, self.y, *self.skeleton],
+            "train_step": [self.x, self.y, *self.hyper, *self.params, *self.states, *self.velocities],
+            "train_step_skel": [self.x, self.y, *self.hyper, *self.params, *self.states, *self.velocities, *self.skeleton],
+        }[function]
+
+    def time_ms(self, function, repeat=5):
+        """Median of ``repeat`` timed calls (after one warm-up), in ms."""
+        evaluator = self.vm.time_evaluator(function, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=0)
+        return statistics.median(evaluator(*self.args(function)).results) * 1e3
+
+
+def time_torch_ms(fn, repeat=5):
+    fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+def compile_cached(model, path, **options):
+    if not os.path.exists(path):
+        compile_model(model, path, **options)
+    return path
+
+
+def write_json(path, payload):
+    import torch
+
+    payload = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "tvm": tvm.__version__, "torch": torch.__version__},
+        **payload,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)

@@ -1,0 +1,120 @@
+"""Per-CONV-layer backward time, full vs skeleton, for resnet18's CONV shapes at batch 32.
+
+For every distinct CONV of the zoo's CIFAR resnet18, two Relax functions are compiled for the target:
+``full(x, dy, w) -> (dX, dW)`` from the conv2d gradient the training graph uses, and ``skeleton(x, dy, w,
+idx) -> (dX, dW)`` from compiler/skeleton_backward.py, the code the skeleton pass inserts.  TVM's time
+evaluator gives the median of repeated runs; PyTorch eager is timed with aten's convolution_backward on the
+full shapes and on the k gathered channels.  Output: JSON (see --out).
+
+    python bench/conv_backward.py --out bench/results/conv_backward.json [--ratios 0.1 0.3 0.5]
+"""
+
+import argparse
+import statistics
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+from tvm.runtime import vm as tvm_vm
+
+from fedskel.compiler.conv_gradient import conv2d_data_grad, conv2d_weight_grad
+from fedskel.compiler.skeleton_backward import SkeletonBackward
+from fedskel.compiler.training_graph import skeleton_size
+from fedskel.targets import get_target
+
+from common import time_torch_ms, write_json
+
+# (Cin, Cout, kernel, stride, input H=W, how many in resnet18) for every distinct CONV of the CIFAR resnet18
+RESNET18_CONVS = [
+    (3, 64, 3, 1, 32, 1), (64, 64, 3, 1, 32, 4), (64, 128, 3, 2, 32, 1), (128, 128, 3, 1, 16, 3),
+    (64, 128, 1, 2, 32, 1), (128, 256, 3, 2, 16, 1), (256, 256, 3, 1, 8, 3), (128, 256, 1, 2, 16, 1),
+    (256, 512, 3, 2, 8, 1), (512, 512, 3, 1, 4, 3), (256, 512, 1, 2, 8, 1),
+]
+
+
+def backward_module(batch, cin, cout, kernel, stride, size, k):
+    """full(x, dy, w) and skeleton(x, dy, w, idx), each returning (dX, dW)."""
+    pad = kernel // 2
+    out = (size + 2 * pad - kernel) // stride + 1
+    tensor = relax.TensorType
+    bb = relax.BlockBuilder()
+    attrs = bb.normalize(relax.op.nn.conv2d(relax.Var("x", tensor((batch, cin, size, size), "float32")),
+                                            relax.Var("w", tensor((cout, cin, kernel, kernel), "float32")),
+                                            strides=stride, padding=pad)).attrs
+    for name in ("full", "skeleton"):
+        x = relax.Var("x", tensor((batch, cin, size, size), "float32"))
+        dy = relax.Var("dy", tensor((batch, cout, out, out), "float32"))
+        w = relax.Var("w", tensor((cout, cin, kernel, kernel), "float32"))
+        idx = relax.Var("idx", tensor((k,), "int64"))
+        with bb.function(name, [x, dy, w] + ([idx] if name == "skeleton" else [])):
+            with bb.dataflow():
+                if name == "full":
+                    dx = bb.emit(conv2d_data_grad(dy, w, attrs, 1, (size, size)))
+                    dw = bb.emit(conv2d_weight_grad(x, dy, attrs, 1, (kernel, kernel)))
+                else:
+                    backward = SkeletonBackward(bb.emit, x, w, dy, idx, attrs)
+                    dx, dw = bb.emit(backward.data_grad()), bb.emit(backward.weight_grad())
+                result = bb.emit_output(relax.Tuple([dx, dw]))
+            bb.emit_func_output(result)
+    return bb.get(), out
+
+
+def time_tvm_ms(vm, name, args, repeat):
+    evaluator = vm.time_evaluator(name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=0)
+    return statistics.median(evaluator(*args).results) * 1e3
+
+
+def torch_backward_ms(x, dy, w, idx, stride, kernel, repeat):
+    conv_args = ([stride] * 2, [kernel // 2] * 2, [1, 1], False, [0, 0], 1, [True, True, False])
+    x, dy, w, idx = (torch.from_numpy(a) for a in (x, dy, w, idx))
+    with torch.no_grad():
+        full = time_torch_ms(lambda: torch.ops.aten.convolution_backward(dy, x, w, None, *conv_args), repeat)
+        sliced = time_torch_ms(lambda: torch.ops.aten.convolution_backward(
+            dy.index_select(1, idx), x, w.index_select(0, idx), None, *conv_args), repeat)
+    return full, sliced
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench/results/conv_backward.json")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--target", default="host")
+    args = parser.parse_args()
+    target = get_target(args.target)
+    rng = np.random.default_rng(0)
+    layers = []
+    for cin, cout, kernel, stride, size, count in RESNET18_CONVS:
+        name = f"c{cin}-{cout}-k{kernel}-s{stride}-{size}x{size}"
+        record = {"layer": name, "count_in_resnet18": count, "ratios": {}}
+        for ratio in args.ratios:
+            k = skeleton_size(ratio, cout)
+            module, out = backward_module(args.batch, cin, cout, kernel, stride, size, k)
+            vm = tvm_vm.VirtualMachine(tvm.compile(module, target=target.tvm()), tvm.cpu())
+            x = rng.standard_normal((args.batch, cin, size, size)).astype(np.float32)
+            dy = rng.standard_normal((args.batch, cout, out, out)).astype(np.float32)
+            w = rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)
+            idx = np.sort(rng.permutation(cout)[:k]).astype(np.int64)
+            t = [tvm.runtime.tensor(a) for a in (x, dy, w, idx)]
+            if "full_ms" not in record:
+                record["full_ms"] = time_tvm_ms(vm, "full", t[:3], args.repeat)
+            skeleton = time_tvm_ms(vm, "skeleton", t, args.repeat)
+            torch_full, torch_sliced = torch_backward_ms(x, dy, w, idx, stride, kernel, args.repeat)
+            record["torch_full_ms"] = torch_full
+            record["ratios"][str(ratio)] = {
+                "k": k, "skeleton_ms": skeleton, "speedup": record["full_ms"] / skeleton, "ideal": cout / k,
+                "torch_sliced_ms": torch_sliced, "torch_speedup": torch_full / torch_sliced,
+            }
+            print(f"{name} r={ratio} k={k}: full {record['full_ms']:.1f} ms, skeleton {skeleton:.1f} ms "
+                  f"({record['full_ms'] / skeleton:.2f}x, ideal {cout / k:.2f}x); "
+                  f"torch full {torch_full:.1f} ms, sliced {torch_sliced:.1f} ms", flush=True)
+        layers.append(record)
+    write_json(args.out, {"benchmark": "conv_backward", "batch": args.batch, "target": args.target,
+                          "method": "TVM time_evaluator and torch perf_counter, median of repeats (ms)",
+                          "layers": layers})
+
+
+if __name__ == "__main__":
+    main()
