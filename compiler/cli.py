@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from fedskel.targets import available
+from fedskel.targets import TargetError, available, get_target
 
 from .errors import CompileError
 from .pipeline import DEFAULT_OPTIMIZER, compile_model
@@ -17,7 +17,7 @@ def _parser():
     )
     parser.add_argument("model", nargs="?", help=f"a zoo model ({', '.join(ZOO)}) or an ONNX file")
     parser.add_argument("-o", "--output", help="artifact path (default: MODEL-TARGET.fsk)")
-    parser.add_argument("--target", default="host", help="named target (see --list-targets)")
+    parser.add_argument("--target", default="host", help="named target, cuda:sm_XX, or a TVM target as JSON (see --list-targets)")
     parser.add_argument("--ratio", type=float, default=0.1, help="skeleton ratio r in (0, 1]; k = ceil(r * Cout)")
     parser.add_argument("--batch-size", type=int, help="fixes a symbolic batch (zoo default 32)")
     parser.add_argument("--num-classes", type=int, help="when the output shape does not say")
@@ -32,11 +32,17 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.list_targets:
         for name, spec in sorted(available().items()):
-            print(f"{name:16s} {spec.description}")
+            print(f"{name:16s} {spec.machine:8s} {spec.device:5s} {spec.description}")
+        print('also: cuda:sm_XX (another GPU arch), or a TVM target as JSON: \'{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}\'')
         return 0
     if args.model is None:
         _parser().error("a model is required")
-    output = args.output or f"{args.model.rsplit('/', 1)[-1].removesuffix('.onnx')}-{args.target}.fsk"
+    try:
+        target_name = get_target(args.target).name.replace(":", "-")  # "custom" for a JSON target
+    except TargetError as exc:
+        print(f"fedskel-compile: error: {exc}", file=sys.stderr)
+        return 2
+    output = args.output or f"{args.model.rsplit('/', 1)[-1].removesuffix('.onnx')}-{target_name}.fsk"
     optimizer = {key: getattr(args, key) for key in DEFAULT_OPTIMIZER}
     try:
         manifest = compile_model(

@@ -1,0 +1,70 @@
+"""What a compile target is, and the checks that turn "TVM can't do that here" into a message naming the fix.
+
+TVM on its own accepts an unknown ``-mcpu`` with a logged warning and falls back to a generic CPU, and a
+missing cross-compiler only shows up as a gcc error after the whole compile: both are checked up front.
+"""
+
+import shutil
+from dataclasses import dataclass, field
+
+
+class TargetError(KeyError):
+    """A target that is unknown, malformed, or not buildable here (a KeyError: lookups fail the usual way)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    description: str
+    tvm_target: dict  # TVM 0.27 JSON target dict; a GPU target carries its CPU side under "host"
+    machine: str  # platform.machine() of a device that can load the library
+    device: str = "cpu"  # "cpu" or "cuda": the TVM device the runtime runs on
+    cross_compiler: str | None = None  # compiler that links the shared library (None: the host's)
+    tuning: dict = field(default_factory=dict)  # default MetaSchedule settings
+
+    def tvm(self):
+        """The tvm.target.Target, after checking this TVM build can generate code for it."""
+        import tvm
+
+        _check_codegen(self.name, self.tvm_target)
+        if "host" in self.tvm_target:
+            _check_codegen(self.name, self.tvm_target["host"])
+        return tvm.target.Target(self.tvm_target)
+
+    def relax_pipeline(self, target):
+        """The Relax pipeline for tvm.compile: TVM's default on CPUs, the fully-scheduling one on CUDA."""
+        if self.device != "cuda":
+            return "default"
+        from .cuda_pipeline import cuda_pipeline
+
+        return cuda_pipeline(target)
+
+    def require_toolchain(self):
+        """Raise TargetError naming the package to install when the linker for this target is missing."""
+        if self.cross_compiler and shutil.which(self.cross_compiler) is None:
+            package = f"gcc-{self.cross_compiler.removesuffix('-gcc')}"
+            raise TargetError(
+                f"target {self.name} links with {self.cross_compiler}, which is not installed: "
+                f"apt-get install {package}"
+            )
+
+
+def _check_codegen(name, target):
+    import tvm
+    from tvm.target import codegen
+
+    kind = target.get("kind")
+    if tvm.get_global_func(f"target.build.{kind}", allow_missing=True) is None:
+        raise TargetError(f"target {name}: this TVM build cannot generate code for kind {kind!r} (install a TVM built with it)")
+    if kind != "llvm":
+        return
+    triple = target.get("mtriple", codegen.llvm_get_system_triple())
+    arch = triple.split("-")[0]
+    if arch not in codegen.llvm_get_targets():
+        raise TargetError(f"target {name}: this TVM's LLVM {codegen.llvm_version_major()} has no {arch} backend")
+    cpu = target.get("mcpu")
+    if cpu and not codegen.llvm_is_valid_cpu(cpu, triple):
+        raise TargetError(f"target {name}: LLVM {codegen.llvm_version_major()} does not know mcpu {cpu!r} for {triple}")
