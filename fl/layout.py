@@ -6,10 +6,12 @@ FL code works from this layout alone, so it never has to load the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import numpy as np
+
+from fedskel.runtime.skeleton import validate_skeleton
 
 Params = Mapping[str, np.ndarray]
 Skeleton = Mapping[str, np.ndarray]
@@ -109,24 +111,11 @@ class ModelLayout:
     def validate_skeleton(self, skeleton: Skeleton) -> dict[str, np.ndarray]:
         """Check a skeleton covers every CONV layer with k distinct in-range channels.
 
-        Returns int64 copies so later mutation of the caller's arrays cannot change it.
+        The runtime's check is the one rule (a bad index would reach a compiled kernel there); this
+        returns its int64 copies by layer, so later mutation of the caller's arrays cannot change it.
         """
-        by_weight = {conv.weight: conv for conv in self.conv_layers}
-        unknown = [n for n in skeleton if n not in by_weight]
-        if unknown:
-            raise ValueError(f"skeleton names unknown conv weights {unknown}")
-        checked: dict[str, np.ndarray] = {}
-        for weight, conv in by_weight.items():
-            if weight not in skeleton:
-                raise ValueError(f"skeleton has no channels for conv layer {weight!r}")
-            try:
-                indices = checked_indices(skeleton[weight], conv.out_channels, "channel")
-            except ValueError as err:
-                raise ValueError(f"skeleton of {weight!r}: {err}") from None
-            if len(indices) != conv.k:
-                raise ValueError(f"skeleton of {weight!r} has {len(indices)} channels, expected k={conv.k}")
-            checked[weight] = indices
-        return checked
+        vectors = validate_skeleton(skeleton, [asdict(conv) for conv in self.conv_layers])
+        return {conv.weight: indices for conv, indices in zip(self.conv_layers, vectors)}
 
 
 def _param_shapes(params: list[Mapping[str, Any]]) -> dict[str, tuple[int, ...]]:

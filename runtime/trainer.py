@@ -97,7 +97,9 @@ class Trainer:
 
     def predict(self, x):
         """Logits of the inference-mode forward (BatchNorm on running statistics)."""
-        return self._vm["predict"](self._input(x), *self._params, *self._states)[0].numpy()
+        result = self._vm["predict"](self._input(x), *self._params, *self._states)
+        # the forward returns (logits, *states); a model without BatchNorm returns the logits alone
+        return (result[0] if self._states else result).numpy()
 
     # ---- checking inputs ---------------------------------------------------------------------
     def _named_importance(self, tensors):

@@ -155,12 +155,12 @@ def test_fedskel_upload_at_r_0_3_is_much_smaller_when_conv_weights_dominate():
 @pytest.mark.parametrize(
     "skeleton, message",
     [
-        ({"conv.weight": np.array([0])}, "has 1 channels, expected k=2"),
-        ({"conv.weight": np.array([0, 4])}, r"'conv.weight'.*channel index 4 outside \[0, 4\)"),
-        ({"conv.weight": np.array([1, 1])}, "'conv.weight'.*channel index 1 repeated"),
-        ({"conv.weight": np.array([0, 1]), "fc.weight": np.array([0, 1])}, r"unknown conv weights \['fc.weight'\]"),
-        ({}, "no channels for conv layer 'conv.weight'"),
-        ({"conv.weight": np.array([0.0, 1.0])}, "integer"),
+        ({"conv.weight": np.array([0])}, r"conv.weight: .*k=2 indices, got shape \(1,\)"),
+        ({"conv.weight": np.array([0, 4])}, r"conv.weight: index 4 out of range \[0, 4\)"),
+        ({"conv.weight": np.array([1, 1])}, "conv.weight: index 1 appears more than once"),
+        ({"conv.weight": np.array([0, 1]), "fc.weight": np.array([0, 1])}, r"unknown CONV layers \['fc.weight'\]"),
+        ({}, "no indices for CONV layer conv.weight"),
+        ({"conv.weight": np.array([0.0, 1.0])}, "conv.weight: skeleton indices must be integers"),
     ],
 )
 def test_fedskel_rejects_bad_skeletons(skeleton, message):

@@ -19,6 +19,8 @@ from fedskel.fl.update import Entry, Update
 
 class Strategy(ABC):
     name: ClassVar[str]
+    # whether its clients train with skeleton backward (SetSkel / UpdateSkel) instead of full backward
+    trains_skeleton: ClassVar[bool] = False
 
     def __init__(self, layout: ModelLayout):
         self.layout = layout

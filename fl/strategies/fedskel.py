@@ -17,6 +17,8 @@ from fedskel.fl.update import Entry
 
 @register("fedskel")
 class FedSkel(Strategy):
+    trains_skeleton = True
+
     def select(self, params: Params, skeleton: Skeleton | None) -> dict[str, Entry]:
         if skeleton is None:
             return whole(params, self.layout.names)

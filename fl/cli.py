@@ -1,0 +1,149 @@
+"""``fedskel-sim`` (one simulated federation -> a run directory) and ``fedskel-report`` (compare runs).
+
+Bad input ends with exit code 2 and one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedskel.compiler.errors import CompileError
+from fedskel.fl.client_data import split_among_clients
+from fedskel.fl.data import load_dataset
+from fedskel.fl.partition import SCHEMES
+from fedskel.fl.report import build_report, comparison_table, load_run, plot_comparison, write_run
+from fedskel.fl.simulator import Settings, simulate
+from fedskel.fl.strategies import available
+from fedskel.runtime import ArtifactError, load
+
+ARTIFACT = "model.fsk"
+DEFAULT_BATCH_SIZE = 16  # small: a simulated round runs every client's steps on this machine
+DEFAULTS = Settings()
+
+
+def _reselect_every(text: str) -> int | None:
+    if text == "once":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rounds or 'once', got {text!r}") from None
+
+
+def _sim_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedskel-sim", description="Simulate federated training on compiled FedSkel artifacts.")
+    parser.add_argument("--model", default="digits-cnn", help="zoo model or ONNX file to compile (ignored with --artifact)")
+    parser.add_argument("--artifact", help="reuse a compiled artifact instead of compiling into the run directory")
+    parser.add_argument("--dataset", default="digits", help="digits (built in), mnist or cifar10 (from --data-dir)")
+    parser.add_argument("--data-dir", help="folder with the MNIST IDX or CIFAR-10 binary files")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=DEFAULTS.rounds)
+    parser.add_argument("--strategy", default=DEFAULTS.strategy, choices=available())
+    parser.add_argument("--ratio", type=float, help="skeleton ratio compiled in (default: fedskel-compile's; with --artifact: the artifact's)")
+    parser.add_argument("--batch-size", type=int, help=f"compiled batch (default {DEFAULT_BATCH_SIZE}; with --artifact: the artifact's)")
+    parser.add_argument("--partition", default="shards", choices=SCHEMES, help="shards: 2 classes per client")
+    parser.add_argument("--alpha", type=float, help="Dirichlet concentration (with --partition dirichlet)")
+    work = parser.add_mutually_exclusive_group()
+    work.add_argument("--local-steps", type=int, help=f"SGD steps per client per round (default {DEFAULTS.local_steps})")
+    work.add_argument("--local-epochs", type=float, help="passes over each client's data per round instead")
+    parser.add_argument("--setskel-steps", type=int, default=DEFAULTS.setskel_steps, help="full-backward steps that pick the skeleton")
+    parser.add_argument("--reselect-every", type=_reselect_every, default=DEFAULTS.reselect_every, help="rounds between skeleton selections, or 'once'")
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    parser.add_argument("--momentum", type=float, help="SGD momentum (default: the artifact's)")
+    parser.add_argument("--weight-decay", type=float, help="SGD weight decay (default: the artifact's)")
+    parser.add_argument("--fraction", type=float, default=DEFAULTS.fraction, help="share of clients sampled each round")
+    parser.add_argument("--fp16-wire", action="store_true", help="send float16 payloads instead of float32")
+    parser.add_argument("--client-timeout", type=float, help="seconds of local training before a client is dropped")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="model init, partition, sampling and batches")
+    parser.add_argument("--out", required=True, help="run directory (report.json, curves.png)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def sim_main(argv: list[str] | None = None) -> int:
+    args = _sim_parser().parse_args(argv)
+    try:
+        settings, clients_data, artifact, config = _prepare(args)
+        result = simulate(artifact, clients_data, settings, progress=not args.no_progress)
+    except (ValueError, OSError, CompileError, ArtifactError) as err:
+        print(f"fedskel-sim: error: {err}", file=sys.stderr)
+        return 2
+    report = build_report(config, result)
+    report["artifact_path"] = str(artifact)  # kept out of config: it does not change the numbers
+    write_run(args.out, report)
+    summary = report["summary"]
+    steps = ", ".join(f"{phase} {ms:.1f} ms/step" for phase, ms in report["timings"]["mean_step_ms"].items() if ms is not None)
+    print(
+        f"{args.out}: mean local accuracy {summary['final_mean_local_accuracy']}, global {summary['final_global_accuracy']}, "
+        f"uplink {summary['total_uplink_bytes']} B, downlink {summary['total_downlink_bytes']} B, {steps}"
+    )
+    return 0
+
+
+def _prepare(args: argparse.Namespace):
+    """(settings, each client's data, artifact path, the run's config), checked against each other."""
+    if args.local_steps is None and args.local_epochs is None:
+        args.local_steps = DEFAULTS.local_steps
+    settings = Settings(
+        strategy=args.strategy, rounds=args.rounds, fraction=args.fraction,
+        local_steps=args.local_steps, local_epochs=args.local_epochs,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, setskel_steps=args.setskel_steps,
+        reselect_every=args.reselect_every, wire_dtype="float16" if args.fp16_wire else "float32",
+        client_timeout=args.client_timeout, seed=args.seed,
+    )
+    dataset = load_dataset(args.dataset, args.data_dir)
+    opts = {"alpha": args.alpha} if args.alpha is not None else {}
+    clients_data = split_among_clients(dataset, args.clients, args.partition, args.seed, **opts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    artifact, manifest = _artifact(args, out)
+    _check_fits(manifest, dataset)
+    config = {
+        "model": manifest["model"], "dataset": args.dataset, "clients": args.clients, "partition": args.partition,
+        "alpha": args.alpha, "ratio": manifest["ratio"], "batch_size": manifest["batch_size"],
+        "conv_layers": manifest["conv_layers"], "seed": args.seed,
+    }
+    return settings, clients_data, artifact, config
+
+
+def _artifact(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
+    """(path, manifest) of the given artifact (checked against --ratio / --batch-size), or of a fresh compile."""
+    if args.artifact:
+        manifest = load(args.artifact).manifest
+        for option, key in (("ratio", "ratio"), ("batch_size", "batch_size")):
+            wanted = getattr(args, option)
+            if wanted is not None and wanted != manifest[key]:
+                raise ValueError(f"--{option.replace('_', '-')} {wanted} but {args.artifact} was compiled with {manifest[key]}")
+        return Path(args.artifact), manifest
+    from fedskel.compiler.pipeline import compile_model
+
+    path = out / ARTIFACT
+    ratio = {} if args.ratio is None else {"ratio": args.ratio}
+    batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
+    return path, compile_model(args.model, path, batch_size=batch_size, seed=args.seed, **ratio)
+
+
+def _check_fits(manifest: dict, dataset) -> None:
+    if tuple(manifest["input_shape"][1:]) != dataset.input_shape:
+        raise ValueError(f"the model takes samples of shape {tuple(manifest['input_shape'][1:])}, the data set has {dataset.input_shape}")
+    if manifest["num_classes"] != dataset.num_classes:
+        raise ValueError(f"the model has {manifest['num_classes']} classes, the data set {dataset.num_classes}")
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedskel-report", description="Compare fedskel-sim runs: a markdown table and a plot.")
+    parser.add_argument("runs", nargs="+", help="run directories written by fedskel-sim")
+    parser.add_argument("--plot", default="comparison.png", help="where to write the comparison plot")
+    args = parser.parse_args(argv)
+    try:
+        reports = [load_run(run) for run in args.runs]
+    except (ValueError, OSError) as err:
+        print(f"fedskel-report: error: {err}", file=sys.stderr)
+        return 2
+    names = [Path(run).name for run in args.runs]
+    print(comparison_table(names, reports))
+    plot_comparison(names, reports, args.plot)
+    print(f"\nplot: {args.plot}")
+    return 0
