@@ -78,11 +78,11 @@ def simulate(artifact: str | os.PathLike, clients_data: Sequence[ClientData], se
     server_model = load(artifact)  # the global model, evaluated on the pooled test set
     layout = ModelLayout.from_manifest(server_model.manifest)
     strategy = get_strategy(settings.strategy, layout)
-    seeds = np.random.SeedSequence(settings.seed).spawn(len(clients_data) + 1)
-    sampler = np.random.default_rng(seeds[0])
+    sampler = np.random.default_rng(np.random.SeedSequence(settings.seed).spawn(1)[0])
     clients = [
-        Client(load(artifact), data.x_train, data.y_train, _local_training(settings, strategy, data, server_model), seed)
-        for data, seed in zip(clients_data, seeds[1:])
+        Client(load(artifact), data.x_train, data.y_train, local_training(settings, strategy, data, server_model),
+               client_seed(settings.seed, len(clients_data), i))
+        for i, data in enumerate(clients_data)
     ]
     federation = _Federation(strategy, layout, settings, server_model, clients, clients_data)
     per_round = max(1, round(settings.fraction * len(clients)))
@@ -163,7 +163,7 @@ class _Federation:
             raise ClientTimeout(f"local training took {elapsed:.3f} s, the budget is {timeout} s")
         update, size = self._transmit(self.strategy.client_update(client.params, client.skeleton, report.num_examples))
         traffic["uplink_bytes"] += size
-        self.skeletons[cid] = _uploaded_skeleton(update, self.layout)  # only once the upload is known good
+        self.skeletons[cid] = uploaded_skeleton(update, self.layout)  # only once the upload is known good
         return update, report
 
     def _personalised_accuracy(self, cid: int) -> float | None:
@@ -182,14 +182,19 @@ class _Federation:
         return decode(data, self.layout), len(data)
 
 
-def _uploaded_skeleton(update: Update, layout: ModelLayout) -> Skeleton | None:
+def client_seed(seed: int, num_clients: int, index: int) -> np.random.SeedSequence:
+    """Client ``index``'s batch-stream seed: the same in every engine (simulator, Flower) for one run seed."""
+    return np.random.SeedSequence(seed).spawn(num_clients + 1)[index + 1]
+
+
+def uploaded_skeleton(update: Update, layout: ModelLayout) -> Skeleton | None:
     """The skeleton a client trained with, as its upload's CONV rows show it (None: it sent none)."""
     rows = {c.weight: update.entries[c.weight].rows for c in layout.conv_layers if c.weight in update.entries}
     rows = {weight: indices for weight, indices in rows.items() if indices is not None}
     return layout.validate_skeleton(rows) if rows else None
 
 
-def _local_training(settings: Settings, strategy, data: ClientData, model) -> LocalTraining:
+def local_training(settings: Settings, strategy, data: ClientData, model) -> LocalTraining:
     batch = model.input_shape[0]
     steps = settings.local_steps
     if steps is None:

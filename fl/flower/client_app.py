@@ -13,7 +13,6 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -23,7 +22,7 @@ from fedskel.fl.flower import client_state
 from fedskel.fl.flower.records import CONFIG, GLOBAL, METRICS, UPDATE, read_update, wire_record
 from fedskel.fl.flower.run_config import AppConfig, settings_from_config
 from fedskel.fl.layout import ModelLayout
-from fedskel.fl.simulator import _local_training
+from fedskel.fl.simulator import client_seed, local_training
 from fedskel.fl.strategies import get_strategy
 from fedskel.fl.strategies.base import Strategy
 from fedskel.fl.wire import encode
@@ -95,8 +94,8 @@ class _Device:
             options = tuple(sorted(config.partition_options.items()))
             data = _split(config.dataset, config.data_dir, identity["num-partitions"], config.partition, settings.seed, options)[identity["partition-id"]]
             client_state.save_data(data, context.state)
-        seed = np.random.SeedSequence(settings.seed).spawn(identity["num-partitions"] + 1)[identity["partition-id"] + 1]  # simulate()'s seeding
-        client = Client(trainer, data.x_train, data.y_train, _local_training(settings, strategy, data, trainer), seed)
+        seed = client_seed(settings.seed, identity["num-partitions"], identity["partition-id"])
+        client = Client(trainer, data.x_train, data.y_train, local_training(settings, strategy, data, trainer), seed)
         client_state.restore(client, context.state)
         download, _ = read_update(msg.content, layout)
         client.set_params(strategy.client_apply(client.params, download))

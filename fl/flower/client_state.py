@@ -27,25 +27,26 @@ DATA = "fedskel.data"
 
 
 def save(client: Client, state: RecordDict) -> None:
-    state[MODEL] = params_record({**client.params, **client.trainer.states})
-    if client.skeleton is not None:
-        state[SKELETON] = ArrayRecord({name: Array(np.asarray(rows, dtype=np.int64)) for name, rows in client.skeleton.items()})
-    # The batch stream's position: Client keeps it private (see the report: Client should export it).
-    state[BATCHES] = ArrayRecord({"order": Array(np.asarray(client._order, dtype=np.int64))})
-    state[PROGRESS] = ConfigRecord({"rounds-trained": client.rounds_trained, "rng": json.dumps(client._rng.bit_generator.state)})
+    checkpoint = client.checkpoint()
+    state[MODEL] = params_record(checkpoint["model"])
+    if checkpoint["skeleton"] is not None:
+        state[SKELETON] = ArrayRecord({name: Array(np.asarray(rows, dtype=np.int64)) for name, rows in checkpoint["skeleton"].items()})
+    state[BATCHES] = ArrayRecord({"order": Array(checkpoint["batch_order"])})
+    state[PROGRESS] = ConfigRecord({"rounds-trained": checkpoint["rounds_trained"], "rng": json.dumps(checkpoint["rng_state"])})
 
 
 def restore(client: Client, state: RecordDict) -> None:
     """Bring a freshly built client to where it was; no-op before its first training round."""
     if MODEL not in state:
         return
-    client.set_params(arrays_from_record(state[MODEL]))
-    if SKELETON in state:
-        client._skeleton = arrays_from_record(state[SKELETON])
-    client._order = state[BATCHES]["order"].numpy()
     progress = state[PROGRESS]
-    client.rounds_trained = int(progress["rounds-trained"])
-    client._rng.bit_generator.state = json.loads(progress["rng"])
+    client.resume({
+        "model": arrays_from_record(state[MODEL]),
+        "skeleton": arrays_from_record(state[SKELETON]) if SKELETON in state else None,
+        "batch_order": state[BATCHES]["order"].numpy(),
+        "rounds_trained": progress["rounds-trained"],
+        "rng_state": json.loads(progress["rng"]),
+    })
 
 
 def save_data(data: ClientData, state: RecordDict) -> None:

@@ -11,7 +11,7 @@ from flwr.app import MetricRecord, RecordDict
 
 from fedskel.fl.flower.records import METRICS, ReplyError, read_update
 from fedskel.fl.layout import ModelLayout, Skeleton
-from fedskel.fl.simulator import _uploaded_skeleton
+from fedskel.fl.simulator import uploaded_skeleton
 from fedskel.fl.update import Update
 from fedskel.runtime.client import PHASES
 
@@ -45,7 +45,7 @@ def read_upload(content: RecordDict, layout: ModelLayout) -> Upload:
     if update.num_examples < 1:
         raise ReplyError("the update has num_examples = 0: it cannot be weighted")
     try:
-        skeleton = _uploaded_skeleton(update, layout)
+        skeleton = uploaded_skeleton(update, layout)
     except ValueError as err:
         raise ReplyError(f"its CONV rows are not a skeleton of this model: {err}") from None
     metrics = _metrics(content, ("loss", *(f"{phase}-ms" for phase in PHASES)))
