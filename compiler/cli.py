@@ -24,6 +24,7 @@ def _parser():
     for key, value in DEFAULT_OPTIMIZER.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=value, help=f"SGD {key} (default {value})")
     parser.add_argument("--seed", type=int, default=0, help="initial weights of zoo models")
+    parser.add_argument("--tuning-db", metavar="DIR", help="apply a fedskel-tune database (same model, ratio, batch, target)")
     parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
     return parser
 
@@ -47,13 +48,15 @@ def main(argv=None):
     try:
         manifest = compile_model(
             args.model, output, target=args.target, ratio=args.ratio, batch_size=args.batch_size,
-            num_classes=args.num_classes, optimizer=optimizer, seed=args.seed,
+            num_classes=args.num_classes, optimizer=optimizer, seed=args.seed, tuning_db=args.tuning_db,
         )
     except CompileError as exc:
         print(f"fedskel-compile: error: {exc}", file=sys.stderr)
         return 2
     layers = ", ".join(f"{layer['weight']} {layer['k']}/{layer['out_channels']}" for layer in manifest["conv_layers"])
     print(f"wrote {output}: {manifest['model']} batch {manifest['batch_size']} for {manifest['target']['name']}; skeleton k/Cout: {layers}")
+    if manifest["tuning"]:
+        print(f"tuned kernels: {manifest['tuning']['tuned_tasks']} of {manifest['tuning']['total_tasks']} from {args.tuning_db}")
     return 0
 
 

@@ -13,6 +13,7 @@ from .build import build_library
 from .errors import CompileError
 from .onnx_loader import load_onnx
 from .training_graph import FUNCTION_ARGS, build_training_module
+from .tuning import apply_database
 from .zoo import ZOO, export_zoo_onnx
 
 DEFAULT_OPTIMIZER = {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.0}
@@ -29,22 +30,37 @@ def resolve_model(model, batch_size, workdir, seed=0):
     return model, None, batch_size
 
 
-def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0):
-    """Compile ``model`` (zoo name or ONNX path) into the artifact ``output``; returns the manifest."""
+def resolve_target(name):
+    """The TargetSpec for ``name``, an unknown one being a CompileError like any other bad option."""
     try:
-        target_spec = get_target(target)
+        return get_target(name)
     except KeyError as exc:
         raise CompileError(str(exc.args[0])) from None
+
+
+def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, seed=0):
+    """(imported model, training module): what fedskel-compile builds and fedskel-tune tunes, made the same way."""
     if not 0.0 < ratio <= 1.0:
         raise CompileError(f"skeleton ratio must be in (0, 1], got {ratio}")
     if batch_size is not None and batch_size < 1:
         raise CompileError(f"batch size must be >= 1, got {batch_size}")
-    optimizer = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
     with tempfile.TemporaryDirectory() as workdir:
         path, zoo_name, batch_size = resolve_model(model, batch_size, workdir, seed)
         imported = load_onnx(path, batch_size=batch_size, num_classes=num_classes, name=zoo_name)
-        training = build_training_module(imported, ratio)
-    library = build_library(training.module, target_spec)
+        return imported, build_training_module(imported, ratio)
+
+
+def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0,
+                  tuning_db=None):
+    """Compile ``model`` (zoo name or ONNX path) into the artifact ``output``; returns the manifest.
+
+    ``tuning_db``: a fedskel-tune database directory whose best schedules the kernels get.
+    """
+    target_spec = resolve_target(target)
+    optimizer = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+    imported, training = load_training_module(model, ratio, batch_size, num_classes, seed)
+    module, tuning = apply_database(training.module, target_spec, tuning_db) if tuning_db else (training.module, None)
+    library = build_library(module, target_spec)
     manifest = {
         "model": imported.name,
         "input_shape": list(imported.input_shape),
@@ -63,6 +79,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
             "device": target_spec.device,
         },
         "tvm_version": tvm.__version__,
+        "tuning": tuning,
     }
     members = {LIBRARY: library, PARAMS: pack_arrays(imported.initial_values)}
     return write_artifact(output, manifest, members)
