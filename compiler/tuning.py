@@ -108,7 +108,7 @@ def apply_database(module, target_spec, db_dir):
     with target, database, tvm.transform.PassContext(opt_level=3):
         applied = relax.transform.MetaScheduleApplyDatabase()(lower_for_tuning(module, target))
     kernels = {gv: func for gv, func in applied.functions.items() if isinstance(func, tirx.PrimFunc)}
-    tuned = {gv: func for gv, func in kernels.items() if int(func.attrs.get("tirx.is_scheduled", 0))}
+    tuned = {gv: func.with_attr("op_pattern", OPAQUE) for gv, func in kernels.items() if int(func.attrs.get("tirx.is_scheduled", 0))}
     if not tuned:
         raise CompileError(f"tuning database {db_dir} has no record for any kernel of this model: it was tuned for "
                            f"another model, ratio, batch size or target (tune with the options you compile with)")
