@@ -16,13 +16,16 @@ def static_shape(expr):
     return [int(dim) for dim in expr.ty.shape]
 
 
+def _geometry(attrs):
+    """(padding, strides, dilation) of a conv2d call as Python ints: top, left, bottom, right; h, w; h, w."""
+    return tuple(tuple(int(v) for v in values) for values in (attrs.padding, attrs.strides, attrs.dilation))
+
+
 def conv2d_data_grad(dy, weight, attrs, groups, in_hw):
     """dX of a NCHW/OIHW conv: a transposed conv of dY with the (possibly sliced) weight."""
     _, _, grad_h, grad_w = static_shape(dy)
     _, _, filter_h, filter_w = static_shape(weight)
-    pad_top, pad_left, pad_bottom, pad_right = (int(p) for p in attrs.padding)
-    stride_h, stride_w = (int(s) for s in attrs.strides)
-    dilation_h, dilation_w = (int(d) for d in attrs.dilation)
+    (pad_top, pad_left, pad_bottom, pad_right), (stride_h, stride_w), (dilation_h, dilation_w) = _geometry(attrs)
     out_h = (grad_h - 1) * stride_h - pad_top - pad_bottom + dilation_h * (filter_h - 1) + 1
     out_w = (grad_w - 1) * stride_w - pad_left - pad_right + dilation_w * (filter_w - 1) + 1
     return conv2d_transpose(
@@ -64,9 +67,7 @@ def conv2d_weight_grad(data, dy, attrs, groups, filter_hw):
         out_layout="CNHW",
         out_dtype=attrs.out_dtype,
     )
-    pad_top, pad_left, pad_bottom, pad_right = (int(p) for p in attrs.padding)
-    stride_h, stride_w = (int(s) for s in attrs.strides)
-    dilation_h, dilation_w = (int(d) for d in attrs.dilation)
+    (pad_top, pad_left, pad_bottom, pad_right), (stride_h, stride_w), (dilation_h, dilation_w) = _geometry(attrs)
     grad_kh = (in_h + pad_top + pad_bottom - (grad_h - 1) * stride_h - 1) // dilation_h + 1
     grad_kw = (in_w + pad_left + pad_right - (grad_w - 1) * stride_w - 1) // dilation_w + 1
     if (grad_kh, grad_kw) != tuple(filter_hw):
