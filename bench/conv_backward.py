@@ -6,10 +6,17 @@ idx) -> (dX, dW)`` from compiler/skeleton_backward.py, the code the skeleton pas
 evaluator gives the median of repeated runs; PyTorch eager is timed with aten's convolution_backward on the
 full shapes and on the k gathered channels.  Output: JSON (see --out).
 
+With ``--tuning-db DIR`` both functions are built with MetaSchedule's records from DIR/<layer>-r<ratio>
+(``--tune-trials N`` first tunes each of those modules for N more trials, resuming, so full and skeleton
+kernels of a layer get the same search budget), and the untuned build is timed beside the tuned one.
+
     python bench/conv_backward.py --out bench/results/conv_backward.json [--ratios 0.1 0.3 0.5]
+    python bench/conv_backward.py --ratios 0.1 --tuning-db tuning/conv-backward-b32 --tune-trials 32 \
+        --out bench/results/conv_backward_tuned.json
 """
 
 import argparse
+import os
 import statistics
 
 import numpy as np
@@ -20,6 +27,7 @@ from tvm.runtime import vm as tvm_vm
 
 from fedskel.compiler.conv_gradient import conv2d_data_grad, conv2d_weight_grad
 from fedskel.compiler.skeleton_backward import SkeletonBackward
+from fedskel.compiler.tuning import apply_database, tune
 from fedskel.compiler.training_graph import skeleton_size
 from fedskel.targets import get_target
 
@@ -60,6 +68,16 @@ def backward_module(batch, cin, cout, kernel, stride, size, k):
     return bb.get(), out
 
 
+def build_vm(module, target, tuning_db=None, tune_trials=0):
+    """The module's VM: untuned, or with the records of ``tuning_db`` after ``tune_trials`` more trials there."""
+    if tuning_db is not None:
+        if tune_trials:
+            tune(module, target, tuning_db, tune_trials, resume=True)
+        module, _ = apply_database(module, target, tuning_db)
+    tvm_target = target.tvm()
+    return tvm_vm.VirtualMachine(tvm.compile(module, target=tvm_target, relax_pipeline=target.relax_pipeline(tvm_target)), tvm.cpu())
+
+
 def time_tvm_ms(vm, name, args, repeat):
     evaluator = vm.time_evaluator(name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=0)
     return statistics.median(evaluator(*args).results) * 1e3
@@ -82,17 +100,22 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--target", default="host")
+    parser.add_argument("--tuning-db", help="directory of per-layer MetaSchedule databases to build with")
+    parser.add_argument("--layers", nargs="+", help="only these layers (names as printed, e.g. c64-64-k3-s1-32x32)")
+    parser.add_argument("--tune-trials", type=int, default=0, help="tune each layer module this many more trials first")
     args = parser.parse_args()
     target = get_target(args.target)
     rng = np.random.default_rng(0)
     layers = []
     for cin, cout, kernel, stride, size, count in RESNET18_CONVS:
         name = f"c{cin}-{cout}-k{kernel}-s{stride}-{size}x{size}"
+        if args.layers and name not in args.layers:
+            continue
         record = {"layer": name, "count_in_resnet18": count, "ratios": {}}
         for ratio in args.ratios:
             k = skeleton_size(ratio, cout)
             module, out = backward_module(args.batch, cin, cout, kernel, stride, size, k)
-            vm = tvm_vm.VirtualMachine(tvm.compile(module, target=target.tvm()), tvm.cpu())
+            vm = build_vm(module, target)
             x = rng.standard_normal((args.batch, cin, size, size)).astype(np.float32)
             dy = rng.standard_normal((args.batch, cout, out, out)).astype(np.float32)
             w = rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)
@@ -103,15 +126,24 @@ def main():
             skeleton = time_tvm_ms(vm, "skeleton", t, args.repeat)
             torch_full, torch_sliced = torch_backward_ms(x, dy, w, idx, stride, kernel, args.repeat)
             record["torch_full_ms"] = torch_full
-            record["ratios"][str(ratio)] = {
+            result = record["ratios"][str(ratio)] = {
                 "k": k, "skeleton_ms": skeleton, "speedup": record["full_ms"] / skeleton, "ideal": cout / k,
                 "torch_sliced_ms": torch_sliced, "torch_speedup": torch_full / torch_sliced,
             }
-            print(f"{name} r={ratio} k={k}: full {record['full_ms']:.1f} ms, skeleton {skeleton:.1f} ms "
-                  f"({record['full_ms'] / skeleton:.2f}x, ideal {cout / k:.2f}x); "
-                  f"torch full {torch_full:.1f} ms, sliced {torch_sliced:.1f} ms", flush=True)
+            line = (f"{name} r={ratio} k={k}: untuned full {record['full_ms']:.1f} ms, skeleton {skeleton:.1f} ms "
+                    f"({record['full_ms'] / skeleton:.2f}x, ideal {cout / k:.2f}x)")
+            if args.tuning_db:
+                db = os.path.join(args.tuning_db, f"{name}-r{ratio}")
+                tuned = build_vm(module, target, db, args.tune_trials)
+                result["tuned_full_ms"] = time_tvm_ms(tuned, "full", t[:3], args.repeat)
+                result["tuned_skeleton_ms"] = time_tvm_ms(tuned, "skeleton", t, args.repeat)
+                result["tuned_speedup"] = result["tuned_full_ms"] / result["tuned_skeleton_ms"]
+                line += (f"; tuned full {result['tuned_full_ms']:.2f} ms, skeleton {result['tuned_skeleton_ms']:.2f} ms "
+                         f"({result['tuned_speedup']:.2f}x)")
+            print(f"{line}; torch full {torch_full:.2f} ms, sliced {torch_sliced:.2f} ms", flush=True)
         layers.append(record)
     write_json(args.out, {"benchmark": "conv_backward", "batch": args.batch, "target": args.target,
+                          "tuning_db": args.tuning_db, "tune_trials_per_layer_and_ratio": args.tune_trials,
                           "method": "TVM time_evaluator and torch perf_counter, median of repeats (ms)",
                           "layers": layers})
 

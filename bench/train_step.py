@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from fedskel.compiler.tuning_db import database_sha256
 from fedskel.compiler.zoo import build_torch_model, zoo_model
 
 from common import CompiledModel, compile_cached, time_torch_ms, write_json
@@ -44,7 +45,7 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.cache, exist_ok=True)
     options = {"tuning_db": args.tuning_db} if args.tuning_db else {}
-    tag = "tuned" if args.tuning_db else "untuned"
+    tag = f"tuned-{database_sha256(args.tuning_db)[:12]}" if args.tuning_db else "untuned"  # re-tuning re-compiles
     results = {"torch_eager_ms": torch_step_ms(args.model, args.batch, args.repeat), "ratios": {}}
     for ratio in args.ratios:
         path = os.path.join(args.cache, f"{args.model}-b{args.batch}-r{ratio}-{args.target}-{tag}.fsk")

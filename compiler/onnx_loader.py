@@ -25,6 +25,9 @@ TRAINABLE_OPS = {
     "Identity", "Constant", "Shape", "Gather", "Dropout",
 }
 BN_DEFAULT_MOMENTUM = 0.9  # ONNX's default weight of the running value
+# The model's compute type is its input's: float32 for devices, float64 where gradients are checked to
+# rounding level (ill-conditioned deep BatchNorm nets, tests/test_compiler_gradients.py).
+FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ImportedModel:
     name: str
     module: object  # tvm.IRModule with one function, "main"
     input_shape: tuple  # (batch, C, H, W)
+    dtype: str  # "float32" or "float64": of the input, parameters, states and gradients
     num_classes: int
     param_names: list  # trainable ONNX initializer names, in the order of main's parameters
     state_names: list  # BatchNorm running statistics, after the parameters
@@ -46,23 +50,26 @@ def load_onnx(path, batch_size=None, num_classes=None, name=None):
     graph = model.graph
     _check_ops(path, graph)
     input_value = _single_input(path, graph)
+    dtype = FLOAT_TYPES[input_value.type.tensor_type.elem_type]
     input_shape = _fix_batch(path, input_value, batch_size)
     classes = _num_classes(path, graph, num_classes)
     _fold_integer_initializers(graph)
     state_names = _bn_training_mode(graph)
     initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    _check_initializer_types(path, initializers, dtype)
     param_names = [n for n in initializers if n not in set(state_names)]
     _order_initializers(graph, param_names + state_names)
-    module = _import(path, model)
+    module = _import(path, model, dtype)
     _check_signature(path, module["main"], input_shape, param_names + state_names, initializers)
     return ImportedModel(
         name=name or str(path).rsplit("/", 1)[-1].removesuffix(".onnx"),
         module=module,
         input_shape=input_shape,
+        dtype=dtype,
         num_classes=classes,
         param_names=param_names,
         state_names=state_names,
-        initial_values={n: np.ascontiguousarray(initializers[n], dtype=np.float32) for n in param_names + state_names},
+        initial_values={n: np.ascontiguousarray(initializers[n]) for n in param_names + state_names},
     )
 
 
@@ -110,8 +117,8 @@ def _single_input(path, graph):
     if len(inputs) != 1:
         raise CompileError(f"{path}: expected exactly one data input, found {[i.name for i in inputs]}")
     value = inputs[0]
-    if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise CompileError(f"{path}: input {value.name} must be float32")
+    if value.type.tensor_type.elem_type not in FLOAT_TYPES:
+        raise CompileError(f"{path}: input {value.name} must be float32 or float64")
     if len(value.type.tensor_type.shape.dim) != 4:
         raise CompileError(f"{path}: input {value.name} must be 4-D NCHW, has rank {len(value.type.tensor_type.shape.dim)}")
     return value
@@ -154,7 +161,7 @@ def _fold_integer_initializers(graph):
     keep = []
     constants = []
     for init in graph.initializer:
-        if init.data_type in (onnx.TensorProto.FLOAT,):
+        if init.data_type in FLOAT_TYPES:
             keep.append(init)
         else:
             constants.append(helper.make_node("Constant", [], [init.name], value=init))
@@ -177,6 +184,7 @@ def _bn_training_mode(graph):
     outputs must be graph outputs or the importer drops them.
     """
     shapes = {init.name: list(init.dims) for init in graph.initializer}
+    types = {init.name: init.data_type for init in graph.initializer}
     states = []
     for node in graph.node:
         if node.op_type != "BatchNormalization":
@@ -195,7 +203,7 @@ def _bn_training_mode(graph):
         stat_outputs = [f"{node.output[0]}__running_mean", f"{node.output[0]}__running_var"]
         node.output.extend(stat_outputs)
         for output, source in zip(stat_outputs, (mean, var)):
-            graph.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, shapes[source]))
+            graph.output.append(helper.make_tensor_value_info(output, types[source], shapes[source]))
         states += [mean, var]
     return states
 
@@ -206,11 +214,18 @@ def _order_initializers(graph, names):
     graph.initializer.extend(by_name[n] for n in names)
 
 
-def _import(path, model):
+def _check_initializer_types(path, initializers, dtype):
+    """One float type throughout: TVM's importer would not cast between them, its kernels would fail to build."""
+    for name, array in initializers.items():
+        if str(array.dtype) != dtype:
+            raise CompileError(f"{path}: initializer {name} is {array.dtype}, the input is {dtype}: convert the model to one float type")
+
+
+def _import(path, model, dtype):
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
-        return from_onnx(model, keep_params_in_input=True)
+        return from_onnx(model, dtype_dict=dtype, keep_params_in_input=True)
     except Exception as exc:
         raise CompileError(f"{path}: TVM's ONNX importer failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 

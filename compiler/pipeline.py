@@ -64,6 +64,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
     manifest = {
         "model": imported.name,
         "input_shape": list(imported.input_shape),
+        "dtype": imported.dtype,
         "batch_size": imported.input_shape[0],
         "num_classes": imported.num_classes,
         "params": [_describe(n, imported.initial_values[n]) for n in imported.param_names],

@@ -28,6 +28,7 @@ class SkeletonBackward:
         self.k = static_shape(idx)[0]
         self.groups = int(attrs.groups)
         self.out_channels = static_shape(weight)[0]
+        self.dtype = weight.ty.dtype  # of the zeros the k-channel results are scattered into
         self._memo = {}
 
     def _once(self, name, make):
@@ -62,13 +63,13 @@ class SkeletonBackward:
         return 1 if self.groups == 1 else self.k
 
     def bias_grad(self):
-        return scatter_nd(zeros((self.out_channels,), "float32"), self.rows, reduce_sum(self.dy_k, axis=[0, 2, 3]))
+        return scatter_nd(zeros((self.out_channels,), self.dtype), self.rows, reduce_sum(self.dy_k, axis=[0, 2, 3]))
 
     def weight_grad(self):
         data = self.x if self.groups == 1 else self.emit(take(self.x, self.input_channels, axis=1))
         filter_hw = static_shape(self.weight)[2:]
         dw_k = self.emit(conv2d_weight_grad(data, self.dy_k, self.attrs, self.skeleton_groups, filter_hw))
-        return scatter_nd(zeros(static_shape(self.weight), "float32"), self.rows, dw_k)
+        return scatter_nd(zeros(static_shape(self.weight), self.dtype), self.rows, dw_k)
 
     def data_grad(self):
         w_k = self.emit(take(self.weight, self.idx, axis=0))
@@ -79,5 +80,5 @@ class SkeletonBackward:
         n, c, h, w = x_shape
         selected = self.k * (c // self.groups)
         rows = self.emit(permute_dims(self.emit(dx), [1, 0, 2, 3]))
-        summed = self.emit(scatter_nd(zeros((c, n, h, w), "float32"), reshape(self.input_channels, (selected, 1)), rows, "add"))
+        summed = self.emit(scatter_nd(zeros((c, n, h, w), self.dtype), reshape(self.input_channels, (selected, 1)), rows, "add"))
         return permute_dims(summed, [1, 0, 2, 3])

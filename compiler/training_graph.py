@@ -8,6 +8,7 @@ Functions of the module (all public, called by name by the runtime; argument ord
   one int64 index vector of static length k per CONV layer;
 - ``train_step`` / ``train_step_skel``: one SGD step (momentum, weight decay as in torch.optim.SGD) ->
   (loss, *new_params, *new_states, *new_velocities, *importance).
+Every float32 reduction in them accumulates in float64 (wide_accumulation.py).
 """
 
 import math
@@ -23,6 +24,7 @@ from . import conv_gradient  # noqa: F401  (registers the corrected conv2d gradi
 from .conv_layers import find_conv_layers
 from .errors import CompileError
 from .skeleton_pass import SkeletonizeConvBackward
+from .wide_accumulation import WidenReductionAccumulators
 
 FUNCTION_ARGS = {
     "forward_train": ["input", "params", "states"],
@@ -77,7 +79,7 @@ def build_training_module(imported, ratio):
     module = SkeletonizeConvBackward([layer["k"] for layer in conv_layers], num_params)(_module_of(functions))
     for name in ("gradients", "gradients_skel"):
         module = _add_sgd_step(module, name, num_params, len(imported.state_names), len(layers))
-    return TrainingModule(module, conv_layers)
+    return TrainingModule(WidenReductionAccumulators()(module), conv_layers)
 
 
 def _returned_fields(func):
@@ -152,7 +154,7 @@ def _add_sgd_step(module, grad_name, num_params, num_states, num_layers):
     states = fresh[1 + num_params : 1 + num_params + num_states]
     labels = fresh[1 + num_params + num_states]
     skeleton = fresh[2 + num_params + num_states :]
-    scalar = relax.TensorType((), "float32")
+    scalar = relax.TensorType((), x.ty.dtype)
     lr, momentum, weight_decay = (relax.Var(n, scalar) for n in ("lr", "momentum", "weight_decay"))
     velocities = [relax.Var(f"v_{p.name}", p.ty) for p in params]
     name = "train_step" + grad_name[len("gradients"):]

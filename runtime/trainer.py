@@ -24,6 +24,7 @@ class Trainer:
         self.param_names = [p["name"] for p in manifest["params"]]
         self.state_names = [s["name"] for s in manifest["states"]]
         self.input_shape = tuple(manifest["input_shape"])
+        self.dtype = np.dtype(manifest["dtype"])  # of inputs, parameters, hyperparameters and gradients
         self.num_classes = manifest["num_classes"]
         self.optimizer = dict(manifest["optimizer"])
         self._params = [self._tensor(initial_arrays[n]) for n in self.param_names]
@@ -54,7 +55,7 @@ class Trainer:
             if value.shape != shapes[name]:
                 raise InputError(f"parameter {name}: shape {value.shape}, expected {shapes[name]}")
         for name, value in params.items():
-            tensor = self._tensor(np.asarray(value, dtype=np.float32))
+            tensor = self._tensor(np.asarray(value, dtype=self.dtype))
             if name in self.param_names:
                 self._params[self.param_names.index(name)] = tensor
             else:
@@ -62,7 +63,7 @@ class Trainer:
 
     def reset_optimizer(self):
         """Zero the momentum buffers (torch.optim.SGD starts from none, which is the same)."""
-        self._velocities = [self._tensor(np.zeros(t.shape, np.float32)) for t in self._params]
+        self._velocities = [self._tensor(np.zeros(t.shape, self.dtype)) for t in self._params]
 
     # ---- computing ---------------------------------------------------------------------------
     def gradients(self, x, y, skeleton=None):
@@ -109,12 +110,12 @@ class Trainer:
         return tvm.runtime.tensor(np.asarray(array, order="C"), self.device)  # (ascontiguousarray makes 0-d 1-d)
 
     def _scalar(self, value):
-        return self._tensor(np.asarray(value, dtype=np.float32))
+        return self._tensor(np.asarray(value, dtype=self.dtype))
 
     def _input(self, x):
         x = np.asarray(x)
-        if x.dtype != np.float32:
-            raise InputError(f"input must be float32, got {x.dtype}")
+        if x.dtype != self.dtype:
+            raise InputError(f"input must be {self.dtype}, got {x.dtype}")
         if x.shape != self.input_shape:
             raise InputError(f"input shape {x.shape} does not match the compiled {self.input_shape}")
         return self._tensor(x)

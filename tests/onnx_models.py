@@ -1,5 +1,7 @@
 """Small ONNX models written with onnx.helper: CONV shapes the zoo does not cover, no torch involved."""
 
+import copy
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -75,3 +77,26 @@ ONNX_CASES = {
 def write_case(name, batch, path):
     onnx.save(ONNX_CASES[name](batch), str(path))
     return path
+
+
+def as_float64(model):
+    """The same ONNX model computing in float64: initializers, declared types, constants and casts.
+
+    Deep BatchNorm nets are ill-conditioned (torch's own float32 gradients of resnet18 are up to 5% from
+    float64), so their graphs are checked in float64, where any discrepancy is a wrong graph, not rounding.
+    """
+    model = copy.deepcopy(model)
+    graph = model.graph
+    for index, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT:
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+                attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float64), attribute.t.name))
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.DOUBLE
+    return model

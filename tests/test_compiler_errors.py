@@ -13,7 +13,7 @@ from fedskel.compiler.cli import main as compile_cli
 from fedskel.runtime import ArtifactError, InputError, SkeletonError, load
 from fedskel.runtime.artifact import MANIFEST
 
-from onnx_models import GraphWriter
+from onnx_models import GraphWriter, as_float64
 
 
 def run_cli(args, capsys):
@@ -61,6 +61,15 @@ def test_symbolic_batch_needs_batch_size(tmp_path, capsys):
     path = tmp_path / "sym.onnx"
     onnx.save(model, str(path))
     assert_refused(tmp_path, capsys, [path], "symbolic batch", "--batch-size")
+
+
+def test_mixed_float_types_name_the_initializer(tmp_path, capsys):
+    model = as_float64(GraphWriter(1, 6, 2).conv(4).model())
+    weight = model.graph.initializer[0]
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight).astype(np.float32), weight.name))
+    path = tmp_path / "mixed.onnx"
+    onnx.save(model, str(path))
+    assert_refused(tmp_path, capsys, [path], weight.name, "float32", "float64")
 
 
 def test_unknown_target(tmp_path, capsys):
