@@ -131,23 +131,3 @@ def _param_shapes(params: list[Mapping[str, Any]]) -> dict[str, tuple[int, ...]]
             raise ValueError(f"parameter {name!r} has a non-positive dimension in shape {shape}")
         shapes[name] = shape
     return shapes
-
-
-def checked_indices(indices: np.ndarray, size: int, what: str) -> np.ndarray:
-    """Distinct, in-range, non-empty int64 indices into an axis of length `size`.
-
-    Shared by skeletons and row-sliced entries: a repeated or out-of-range row
-    would be silently double-counted or crash deep inside aggregation.
-    """
-    indices = np.asarray(indices)
-    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
-        raise ValueError(f"{what} indices must be a 1-D integer array, got {indices.dtype} {indices.shape}")
-    if indices.size == 0:
-        raise ValueError(f"{what} indices are empty")
-    bad = indices[(indices < 0) | (indices >= size)]
-    if bad.size:
-        raise ValueError(f"{what} index {int(bad[0])} outside [0, {size})")
-    values, counts = np.unique(indices, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"{what} index {int(values[counts > 1][0])} repeated")
-    return indices.astype(np.int64)

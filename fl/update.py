@@ -7,7 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-from fedskel.fl.layout import checked_indices
+from fedskel.runtime.skeleton import checked_indices
 
 
 @dataclass(frozen=True, init=False)

@@ -25,16 +25,28 @@ def validate_skeleton(skeleton, conv_layers):
         idx = np.asarray(skeleton[name])
         if idx.ndim != 1 or idx.shape[0] != k:
             raise SkeletonError(f"layer {name}: skeleton must be a vector of k={k} indices, got shape {idx.shape}")
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise SkeletonError(f"layer {name}: skeleton indices must be integers, got {idx.dtype}")
-        bad = idx[(idx < 0) | (idx >= channels)]
-        if bad.size:
-            raise SkeletonError(f"layer {name}: index {int(bad[0])} out of range [0, {channels})")
-        values, counts = np.unique(idx, return_counts=True)
-        if (counts > 1).any():
-            raise SkeletonError(f"layer {name}: index {int(values[counts > 1][0])} appears more than once")
-        vectors.append(idx.astype(np.int64))
+        vectors.append(checked_indices(idx, channels, f"layer {name}: skeleton", SkeletonError))
     return vectors
+
+
+def checked_indices(indices, size, what, error=ValueError):
+    """``indices`` as int64 if they are distinct integers in [0, size), else ``error`` naming the first bad one.
+
+    The one check for every index vector that reaches a kernel (skeletons) or the aggregation (rows of a
+    sliced update): an out-of-range index reads out of bounds in ``take``, a repeated one counts twice.
+    """
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise error(f"{what} indices must be a 1-D integer array, got {indices.dtype} {indices.shape}")
+    if indices.size == 0:
+        raise error(f"{what} indices are empty")
+    bad = indices[(indices < 0) | (indices >= size)]
+    if bad.size:
+        raise error(f"{what} index {int(bad[0])} out of range [0, {size})")
+    values, counts = np.unique(indices, return_counts=True)
+    if (counts > 1).any():
+        raise error(f"{what} index {int(values[counts > 1][0])} appears more than once")
+    return indices.astype(np.int64)
 
 
 def top_k_skeleton(importance, conv_layers):

@@ -94,7 +94,7 @@ def _skeleton(trainer, **override):
         (lambda k, c: np.r_[np.arange(k - 1), c], "out of range"),
         (lambda k, c: np.r_[np.arange(k - 1), -1], "out of range"),
         (lambda k, c: np.r_[np.arange(k - 1), 0], "more than once"),
-        (lambda k, c: np.arange(k) + 0.5, "integers"),
+        (lambda k, c: np.arange(k) + 0.5, "1-D integer array"),
     ],
 )
 def test_bad_skeleton_is_refused_before_any_kernel(digits_trainer, bad, needle):

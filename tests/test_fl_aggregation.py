@@ -86,8 +86,8 @@ def test_rejects_updates_that_do_not_fit(update, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(values=np.zeros((2, 2)), rows=np.array([0, 0]), shape=(4, 2)), "row index 0 repeated"),
-        (dict(values=np.zeros((1, 2)), rows=np.array([4]), shape=(4, 2)), r"row index 4 outside \[0, 4\)"),
+        (dict(values=np.zeros((2, 2)), rows=np.array([0, 0]), shape=(4, 2)), "row index 0 appears more than once"),
+        (dict(values=np.zeros((1, 2)), rows=np.array([4]), shape=(4, 2)), r"row index 4 out of range \[0, 4\)"),
         (dict(values=np.zeros((1, 2)), rows=np.array([0])), "needs the full tensor shape"),
         (dict(values=np.zeros((2, 2)), rows=np.array([0]), shape=(4, 2)), "need values of shape"),
         (dict(values=np.zeros((0, 2)), rows=np.array([], np.int64), shape=(4, 2)), "empty"),

@@ -156,11 +156,11 @@ def test_fedskel_upload_at_r_0_3_is_much_smaller_when_conv_weights_dominate():
     "skeleton, message",
     [
         ({"conv.weight": np.array([0])}, r"conv.weight: .*k=2 indices, got shape \(1,\)"),
-        ({"conv.weight": np.array([0, 4])}, r"conv.weight: index 4 out of range \[0, 4\)"),
-        ({"conv.weight": np.array([1, 1])}, "conv.weight: index 1 appears more than once"),
+        ({"conv.weight": np.array([0, 4])}, r"conv.weight: skeleton index 4 out of range \[0, 4\)"),
+        ({"conv.weight": np.array([1, 1])}, "conv.weight: skeleton index 1 appears more than once"),
         ({"conv.weight": np.array([0, 1]), "fc.weight": np.array([0, 1])}, r"unknown CONV layers \['fc.weight'\]"),
         ({}, "no indices for CONV layer conv.weight"),
-        ({"conv.weight": np.array([0.0, 1.0])}, "conv.weight: skeleton indices must be integers"),
+        ({"conv.weight": np.array([0.0, 1.0])}, "conv.weight: skeleton indices must be a 1-D integer array"),
     ],
 )
 def test_fedskel_rejects_bad_skeletons(skeleton, message):
