@@ -93,6 +93,27 @@ def torch_backward_ms(x, dy, w, idx, stride, kernel, repeat):
     return full, sliced
 
 
+def summarize(layers):
+    """Per ratio, resnet18's whole CONV backward (each layer times its count in the net), full vs skeleton."""
+    summary = {}
+    for ratio in layers[0]["ratios"]:
+        rows = [(layer["count_in_resnet18"], layer["full_ms"], layer["ratios"][ratio]) for layer in layers]
+        entry = summary[ratio] = {
+            "full_ms": sum(n * full for n, full, _ in rows),
+            "skeleton_ms": sum(n * r["skeleton_ms"] for n, _, r in rows),
+            "torch_full_ms": sum(n * layer["torch_full_ms"] for (n, _, _), layer in zip(rows, layers)),
+            "torch_sliced_ms": sum(n * r["torch_sliced_ms"] for n, _, r in rows),
+        }
+        entry["speedup"] = entry["full_ms"] / entry["skeleton_ms"]
+        if "tuned_full_ms" in rows[0][2]:
+            entry["tuned_full_ms"] = sum(n * r["tuned_full_ms"] for n, _, r in rows)
+            entry["tuned_skeleton_ms"] = sum(n * r["tuned_skeleton_ms"] for n, _, r in rows)
+            entry["tuned_speedup"] = entry["tuned_full_ms"] / entry["tuned_skeleton_ms"]
+            entry["tuned_layer_speedup_min_median_max"] = [
+                f(sorted(r["tuned_speedup"] for _, _, r in rows)) for f in (min, statistics.median, max)]
+    return summary
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/conv_backward.json")
@@ -145,7 +166,7 @@ def main():
     write_json(args.out, {"benchmark": "conv_backward", "batch": args.batch, "target": args.target,
                           "tuning_db": args.tuning_db, "tune_trials_per_layer_and_ratio": args.tune_trials,
                           "method": "TVM time_evaluator and torch perf_counter, median of repeats (ms)",
-                          "layers": layers})
+                          "layers": layers, "resnet18_total": summarize(layers)})
 
 
 if __name__ == "__main__":
