@@ -8,7 +8,7 @@ import sys
 
 from .errors import CompileError
 from .pipeline import load_training_module, resolve_target
-from .tuning import tune
+from .tuning import DEFAULT_COMMIT_EVERY, tune
 from .tuning_db import merge_databases
 from .zoo import ZOO
 
@@ -29,6 +29,8 @@ def _parser():
     parser.add_argument("--seed", type=int, default=0, help="search seed (and zoo initial weights)")
     parser.add_argument("--trials", type=int, default=64, help="measurement budget of this run, over all kernels")
     parser.add_argument("--resume", action="store_true", help="extend an existing database instead of refusing it")
+    parser.add_argument("--commit-every", type=int, default=DEFAULT_COMMIT_EVERY, metavar="K",
+                        help="tune K kernels per MetaSchedule run, whose records are saved when it ends (a stop loses at most that run)")
     parser.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC tracker through which to time on the device")
     parser.add_argument("--rpc-key", metavar="KEY", help="the device's key at the tracker")
     parser.add_argument("--merge", nargs="+", metavar="SRC", help="merge these databases into --db (best record per kernel) and exit")
@@ -47,7 +49,8 @@ def main(argv=None):
             parser.error("a model is required (or --merge)")
         target_spec = resolve_target(args.target)
         _, training = load_training_module(args.model, args.ratio, args.batch_size, args.num_classes, args.seed)
-        tune(training.module, target_spec, args.db, args.trials, resume=args.resume, rpc=args.rpc, rpc_key=args.rpc_key, seed=args.seed)
+        tune(training.module, target_spec, args.db, args.trials, resume=args.resume, rpc=args.rpc, rpc_key=args.rpc_key,
+             seed=args.seed, commit_every=args.commit_every)
     except CompileError as exc:
         print(f"fedskel-tune: error: {exc}", file=sys.stderr)
         return 2

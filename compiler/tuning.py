@@ -26,10 +26,12 @@ from .tuning_tasks import lower_for_tuning, tuning_tasks
 DEFAULT_TRIALS_PER_ITER = 8
 DEFAULT_SKELETON_WEIGHT = 4.0
 DEFAULT_RPC_TIMEOUT_S = 60
+DEFAULT_COMMIT_EVERY = 16  # kernels per MetaSchedule run: its records reach the database when the run ends
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves such a kernel alone
 
 
-def tune(module, target_spec, db_dir, trials, resume=False, rpc=None, rpc_key=None, seed=0, out=None):
+def tune(module, target_spec, db_dir, trials, resume=False, rpc=None, rpc_key=None, seed=0, out=None,
+         commit_every=DEFAULT_COMMIT_EVERY):
     """Tune the kernels of the training ``module`` for ``target_spec`` into the database ``db_dir``.
 
     Where the budget goes: ``tuning_tasks`` orders the kernels (sizeable ones first; among them the sliced
@@ -42,6 +44,11 @@ def tune(module, target_spec, db_dir, trials, resume=False, rpc=None, rpc_key=No
     skeleton step runs weigh ``skeleton_weight`` times their call count (UpdateSkel runs far more steps
     than SetSkel).
 
+    MetaSchedule commits a run's records only after its first pass over all its kernels (resnet18's
+    80-kernel pass took an hour here): the queue is therefore tuned ``commit_every`` kernels at a time, each
+    group with its share of the budget, so a run that is stopped loses at most the group in progress and
+    ``--resume`` picks up from there.
+
     ``trials`` is this run's budget. With ``resume`` the database is kept and extended, kernels without
     records going first (an untuned kernel is 10-100x slower, more trials on a tuned one gain less), and
     its records warm up the cost model; without it a non-empty ``db_dir`` is an error, so records never mix
@@ -51,8 +58,8 @@ def tune(module, target_spec, db_dir, trials, resume=False, rpc=None, rpc_key=No
     Prints a row per tuning round and a per-kernel table at the end; returns the table's rows.
     """
     out = out or sys.stdout
-    if trials < 1:
-        raise CompileError(f"trials must be >= 1, got {trials}")
+    if trials < 1 or commit_every < 1:
+        raise CompileError(f"trials and commit_every must be >= 1, got {trials} and {commit_every}")
     if has_records(db_dir) and not resume:
         raise CompileError(f"tuning database {db_dir} already has records: resume it (--resume) or pick a new directory")
     target = _tvm_target(target_spec)
@@ -67,31 +74,43 @@ def tune(module, target_spec, db_dir, trials, resume=False, rpc=None, rpc_key=No
     queue = queue[: -(-trials // trials_per_iter)]
     print(f"tuning {len(queue)} of {len(tasks)} kernels for {target_spec.name}, {trials} trials, into {db_dir}", file=out)
     _quiet_metaschedule_console()
-    contexts = [
-        ms.TuneContext(mod=task.workload, target=target, space_generator="post-order-apply",
-                       search_strategy=_search_strategy(trials_per_iter), task_name=task.name,
-                       rand_state=rand_state, num_threads="physical").clone()
-        for task, rand_state in zip(queue, fork_seed(seed, n=len(queue)))
-    ]
+    rand_states = fork_seed(seed, n=len(queue))
+    groups = [range(start, min(start + commit_every, len(queue))) for start in range(0, len(queue), commit_every)]
     runner = _runner(rpc_config)
     try:
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=[task.extracted.weight * (skeleton_weight if task.priority < 2 else 1.0) for task in queue],
-            work_dir=db_dir,
-            max_trials_global=trials,
-            num_trials_per_iter=trials_per_iter,
-            builder=candidate_builder(target_spec.cross_compiler),
-            runner=runner,
-            database=database,
-            measure_callbacks=ms.MeasureCallback.create("default") + [ProgressCallback([(tasks.index(task), task) for task in queue], out)],
-            task_scheduler="gradient",
-        )
+        for group in groups:
+            # the group's share of the budget: trials * (kernels so far) / (all kernels), rounded down
+            share = trials * group.stop // len(queue) - trials * group.start // len(queue)
+            _tune_group([queue[i] for i in group], [rand_states[i] for i in group], share, tasks, target, target_spec,
+                        trials_per_iter, skeleton_weight, runner, database, db_dir, out)
     finally:
         runner.pool.shutdown()  # its worker processes are otherwise left running after this process exits
     rows = task_rows(tasks, database)
     print_table(rows, out)
     return rows
+
+
+def _tune_group(queue, rand_states, trials, tasks, target, target_spec, trials_per_iter, skeleton_weight, runner,
+                database, db_dir, out):
+    """One MetaSchedule run over the kernels ``queue``; its records are in ``database`` when it returns."""
+    contexts = [
+        ms.TuneContext(mod=task.workload, target=target, space_generator="post-order-apply",
+                       search_strategy=_search_strategy(trials_per_iter), task_name=task.name,
+                       rand_state=rand_state, num_threads="physical").clone()
+        for task, rand_state in zip(queue, rand_states)
+    ]
+    ms.tune_tasks(
+        tasks=contexts,
+        task_weights=[task.extracted.weight * (skeleton_weight if task.priority < 2 else 1.0) for task in queue],
+        work_dir=db_dir,
+        max_trials_global=trials,
+        num_trials_per_iter=trials_per_iter,
+        builder=candidate_builder(target_spec.cross_compiler),
+        runner=runner,
+        database=database,
+        measure_callbacks=ms.MeasureCallback.create("default") + [ProgressCallback([(tasks.index(task), task) for task in queue], out)],
+        task_scheduler="gradient",
+    )
 
 
 def apply_database(module, target_spec, db_dir):

@@ -156,6 +156,30 @@ def test_resume_extends_the_database_starting_with_untuned_kernels(tuned, resume
     assert after[tuned[1][0]["kernel"]] == 2  # kept, not re-tuned
 
 
+def test_a_stopped_run_keeps_the_kernels_it_finished(tmp_path):
+    """MetaSchedule saves a run's records only when the run ends; with one kernel per run, a tuner killed
+    while it tunes the second kernel leaves the first one's records, and --resume goes on from there."""
+    db = tmp_path / "db"
+    command = [sys.executable, "-m", "fedskel.compiler.tune_cli", "digits-cnn", "--ratio", "0.3", "--batch-size", "4",
+               "--trials", "16", "--commit-every", "1", "--db", str(db)]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (os.path.exists(db / RECORDS) and record_count(db)):
+            assert process.poll() is None, "the tuner ended before it could be stopped"
+            assert time.monotonic() < deadline, "no records after 10 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    kernels = {record.workload.mod.script() for record in open_database(str(db)).get_all_tuning_records()}
+    assert len(kernels) == 1
+    out = io.StringIO()
+    tune(load_training_module("digits-cnn", **MODEL)[1].module, resolve_target("host"), str(db),
+         trials=8, resume=True, out=out)
+    assert re.search(r"\n2 of \d+ kernels have a tuned schedule", out.getvalue())
+
+
 def test_merge_keeps_the_best_record_per_kernel(tuned, resumed, tmp_path):
     merged = str(tmp_path / "merged")
     assert merge_databases(merged, tuned[0], resumed[0]) == 2
