@@ -25,6 +25,7 @@ import tvm
 from tvm import relax
 from tvm.runtime import vm as tvm_vm
 
+from fedskel.compiler.build import compile_executable
 from fedskel.compiler.conv_gradient import conv2d_data_grad, conv2d_weight_grad
 from fedskel.compiler.skeleton_backward import SkeletonBackward
 from fedskel.compiler.tuning import apply_database, tune
@@ -74,8 +75,7 @@ def build_vm(module, target, tuning_db=None, tune_trials=0):
         if tune_trials:
             tune(module, target, tuning_db, tune_trials, resume=True)
         module, _ = apply_database(module, target, tuning_db)
-    tvm_target = target.tvm()
-    return tvm_vm.VirtualMachine(tvm.compile(module, target=tvm_target, relax_pipeline=target.relax_pipeline(tvm_target)), tvm.cpu())
+    return tvm_vm.VirtualMachine(compile_executable(module, target), tvm.cpu())
 
 
 def time_tvm_ms(vm, name, args, repeat):
@@ -97,20 +97,16 @@ def summarize(layers):
     """Per ratio, resnet18's whole CONV backward (each layer times its count in the net), full vs skeleton."""
     summary = {}
     for ratio in layers[0]["ratios"]:
-        rows = [(layer["count_in_resnet18"], layer["full_ms"], layer["ratios"][ratio]) for layer in layers]
-        entry = summary[ratio] = {
-            "full_ms": sum(n * full for n, full, _ in rows),
-            "skeleton_ms": sum(n * r["skeleton_ms"] for n, _, r in rows),
-            "torch_full_ms": sum(n * layer["torch_full_ms"] for (n, _, _), layer in zip(rows, layers)),
-            "torch_sliced_ms": sum(n * r["torch_sliced_ms"] for n, _, r in rows),
-        }
+        def total(key):  # a layer-level time, or else this ratio's
+            return sum(layer["count_in_resnet18"] * (layer[key] if key in layer else layer["ratios"][ratio][key]) for layer in layers)
+
+        entry = summary[ratio] = {key: total(key) for key in ("full_ms", "skeleton_ms", "torch_full_ms", "torch_sliced_ms")}
         entry["speedup"] = entry["full_ms"] / entry["skeleton_ms"]
-        if "tuned_full_ms" in rows[0][2]:
-            entry["tuned_full_ms"] = sum(n * r["tuned_full_ms"] for n, _, r in rows)
-            entry["tuned_skeleton_ms"] = sum(n * r["tuned_skeleton_ms"] for n, _, r in rows)
+        if "tuned_full_ms" in layers[0]["ratios"][ratio]:
+            entry.update({key: total(key) for key in ("tuned_full_ms", "tuned_skeleton_ms")})
             entry["tuned_speedup"] = entry["tuned_full_ms"] / entry["tuned_skeleton_ms"]
-            entry["tuned_layer_speedup_min_median_max"] = [
-                f(sorted(r["tuned_speedup"] for _, _, r in rows)) for f in (min, statistics.median, max)]
+            speedups = sorted(layer["ratios"][ratio]["tuned_speedup"] for layer in layers)
+            entry["tuned_layer_speedup_min_median_max"] = [min(speedups), statistics.median(speedups), max(speedups)]
     return summary
 
 

@@ -16,16 +16,17 @@ WIDE = "float64"
 
 
 def _reduce(op):
-    return lambda x, attrs: op(x, attrs.axis, attrs.keepdims)
+    return lambda x, call: op(x, call.attrs.axis, call.attrs.keepdims)
 
 
-# op name -> how to re-issue it on the widened input
+# op name -> how to re-issue the call on its widened input
 REDUCTIONS = {
     "relax.sum": _reduce(relax.op.sum),
     "relax.mean": _reduce(relax.op.mean),
     "relax.variance": _reduce(relax.op.variance),
+    # the gradient of a broadcast: a sum over the broadcast axes
+    "relax.collapse_sum_to": lambda x, call: relax.op.collapse_sum_to(x, call.args[1]),
 }
-COLLAPSE_SUM_TO = "relax.collapse_sum_to"  # the gradient of a broadcast: a sum over the broadcast axes
 
 
 @tvm.transform.module_pass(opt_level=0, name="WidenReductionAccumulators")
@@ -43,9 +44,7 @@ class WidenReductionAccumulators:
 class _Widener(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
-        if name not in REDUCTIONS and name != COLLAPSE_SUM_TO or call.args[0].ty.dtype != "float32":
+        reissue = REDUCTIONS.get(call.op.name) if isinstance(call.op, tvm.ir.Op) else None
+        if reissue is None or call.args[0].ty.dtype != "float32":
             return call
-        if name in REDUCTIONS:
-            return astype(REDUCTIONS[name](astype(call.args[0], WIDE), call.attrs), "float32")
-        return astype(relax.op.collapse_sum_to(astype(call.args[0], WIDE), call.args[1]), "float32")
+        return astype(reissue(astype(call.args[0], WIDE), call), "float32")

@@ -166,8 +166,8 @@ class Client:
 def _checked_data(trainer, x, y):
     x, y = np.asarray(x), np.asarray(y)
     sample_shape = tuple(trainer.input_shape[1:])
-    if x.dtype != np.float32 or x.ndim != 1 + len(sample_shape) or x.shape[1:] != sample_shape:
-        raise ValueError(f"training samples must be float32 of shape (N, {', '.join(map(str, sample_shape))}), got {x.dtype} {x.shape}")
+    if x.dtype != trainer.dtype or x.ndim != 1 + len(sample_shape) or x.shape[1:] != sample_shape:
+        raise ValueError(f"training samples must be {trainer.dtype} of shape (N, {', '.join(map(str, sample_shape))}), got {x.dtype} {x.shape}")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
         raise ValueError(f"labels must be {len(x)} integers, one per sample, got {y.dtype} {y.shape}")
     if len(y) == 0:

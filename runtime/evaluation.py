@@ -8,7 +8,7 @@ import numpy as np
 
 
 def _predicted_labels(trainer, x):
-    """Predicted class of every sample in ``x`` (float32, N x the compiled sample shape)."""
+    """Predicted class of every sample in ``x`` (the model's dtype, N x the compiled sample shape)."""
     x = np.asarray(x)
     batch, sample_shape = trainer.input_shape[0], trainer.input_shape[1:]
     if x.ndim != len(trainer.input_shape) or x.shape[1:] != sample_shape:
