@@ -14,6 +14,8 @@ import pytest
 
 from fedskel.targets.bundle import write_runtime_bundle
 
+from conftest import require_toolchain
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOARD = os.path.join(REPO, "scripts", "arm64_board.sh")
 BOARD_TRAIN = os.path.join(REPO, "tests", "board_train.py")
@@ -28,6 +30,7 @@ def board(*args, root=None):
 
 @pytest.fixture(scope="module")
 def arm64_board(tmp_path_factory):
+    require_toolchain("arm64")
     built = board("root")
     if built.returncode != 0:
         pytest.skip(f"cannot build the arm64 board root: {built.stderr.strip().splitlines()[-1]}")

@@ -14,6 +14,8 @@ from fedskel.runtime import ArtifactError, load
 from fedskel.runtime.artifact import LIBRARY, read_artifact
 from fedskel.targets import TargetError, TargetSpec, available, get_target
 
+from conftest import require_toolchain
+
 EM_X86_64, EM_AARCH64 = 62, 183
 ARM_BOARDS = {"rpi4": "cortex-a72", "rk3399": "cortex-a72", "jetson-orin-cpu": "cortex-a78ae"}
 
@@ -129,6 +131,7 @@ def test_list_targets_shows_every_target_with_its_machine_and_device():
 
 # ---- real cross-compiles ---------------------------------------------------------------------
 def test_arm64_artifact_is_an_aarch64_library_refused_on_x86(artifact):
+    require_toolchain("arm64")
     path = artifact("lenet5", ratio=0.25, batch_size=4, target="arm64")
     assert elf_machine(library_of(path)) == EM_AARCH64
     manifest = read_artifact(path)[0]
@@ -153,6 +156,7 @@ def test_cuda_artifact_builds_without_a_gpu_and_carries_cuda_kernels(artifact):
 
 @pytest.mark.slow
 def test_jetson_orin_artifact_is_aarch64_with_cuda_kernels(artifact):
+    require_toolchain("jetson-orin")
     library = library_of(artifact("lenet5", ratio=0.25, batch_size=4, target="jetson-orin"))
     assert elf_machine(library) == EM_AARCH64
     assert library.count(b'extern "C" __global__') > 10
