@@ -1,8 +1,27 @@
-"""Shared fixtures: compiled artifacts are built once per session (a compile takes seconds)."""
+"""Shared fixtures: compiled artifacts are built once per session (a compile takes seconds).
+
+The session gets its own FEDSKEL_HOME (signing key, trusted keys) so no test reads or writes the user's;
+processes the tests start inherit it, so they trust the artifacts the session compiles.
+"""
+
+import os
 
 import pytest
 
 from fedskel.compiler.pipeline import compile_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fedskel_home(tmp_path_factory):
+    """A private FEDSKEL_HOME for the session; $FEDSKEL_TRUSTED_KEYS unset so it is the one trust store."""
+    saved = {name: os.environ.pop(name, None) for name in ("FEDSKEL_HOME", "FEDSKEL_TRUSTED_KEYS")}
+    home = tmp_path_factory.mktemp("fedskel-home")
+    os.environ["FEDSKEL_HOME"] = str(home)
+    yield home
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
