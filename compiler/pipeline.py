@@ -8,13 +8,14 @@ import numpy as np
 import tvm
 
 from fedskel.runtime.artifact import LIBRARY, PARAMS, ArtifactError, pack_arrays, write_artifact
+from fedskel.runtime.manifest import CALLING_CONVENTION
 from fedskel.runtime.signing import default_signing_key, load_signing_key
 from fedskel.targets import get_target
 
 from .build import build_library
 from .errors import CompileError
 from .onnx_loader import load_onnx
-from .training_graph import FUNCTION_ARGS, build_training_module
+from .training_graph import build_training_module
 from .tuning import apply_database
 from .zoo import ZOO, export_zoo_onnx
 
@@ -79,7 +80,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
         "conv_layers": training.conv_layers,
         "ratio": ratio,
         "optimizer": optimizer,
-        "functions": FUNCTION_ARGS,
+        "functions": CALLING_CONVENTION,  # how the runtime calls the functions build_training_module makes
         "target": {
             "name": target_spec.name,
             "tvm_target": target_spec.tvm_target,

@@ -18,8 +18,9 @@ LIBRARY = "model.so"
 PARAMS = "params.npz"
 HASHED_MEMBERS = (LIBRARY, PARAMS)
 
-# How the runtime calls each compiled function (runtime/trainer.py); the compiler writes the same
-# (compiler/training_graph.FUNCTION_ARGS, tested equal), so an artifact with another convention is refused.
+# How the runtime calls each compiled function (runtime/trainer.py, runtime/library.py). The compiler
+# writes it into every manifest (its functions take these arguments: compiler/training_graph.py, whose
+# FUNCTION_ARGS documents the same, tested equal); an artifact with another convention is refused.
 CALLING_CONVENTION = {
     "forward_train": ["input", "params", "states"],
     "predict": ["input", "params", "states"],

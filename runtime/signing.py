@@ -62,7 +62,7 @@ def generate_key(path, trust=False):
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_new(path, pem, overwrite=False)
+    _write_new(path, pem, overwrite=False, mode=0o600)
     public_line = public_key_line(key.public_key(), comment=path.name)
     _write_new(path.with_name(path.name + ".pub"), public_line)
     if trust:
@@ -106,9 +106,14 @@ def load_signing_key(path):
 def default_signing_key():
     """This user's default signing key, made (and trusted on this machine) on first use."""
     path = config_dir() / DEFAULT_KEY
-    if path.exists():
-        return load_signing_key(path)
-    return generate_key(path, trust=True)
+    if not path.exists():
+        try:
+            return generate_key(path, trust=True)
+        except KeyFileError:
+            if not path.exists():
+                raise
+            # another process made it first (two compiles at once): use that one
+    return load_signing_key(path)
 
 
 def load_public_key(source):
@@ -218,11 +223,12 @@ def _read_key_file(path):
     return data
 
 
-def _write_new(path, data, overwrite=True):
-    """Write ``data`` (mode 0600) via a temporary name, so a reader never sees half a key; with
-    ``overwrite=False`` an existing file is an error (a hard link, unlike a rename, never replaces)."""
+def _write_new(path, data, overwrite=True, mode=0o644):
+    """Write ``data`` via a temporary name (made 0600, then ``mode``), so a reader never sees half a key;
+    with ``overwrite=False`` an existing file is an error (a hard link, unlike a rename, never replaces)."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
         if overwrite:

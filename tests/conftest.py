@@ -9,11 +9,14 @@ import os
 import pytest
 
 from fedskel.compiler.pipeline import compile_model
+from fedskel.runtime.signing import config_dir
 
 
 @pytest.fixture(scope="session", autouse=True)
 def fedskel_home(tmp_path_factory):
     """A private FEDSKEL_HOME for the session; $FEDSKEL_TRUSTED_KEYS unset so it is the one trust store."""
+    user_home = config_dir()
+    before = _listing(user_home)
     saved = {name: os.environ.pop(name, None) for name in ("FEDSKEL_HOME", "FEDSKEL_TRUSTED_KEYS")}
     home = tmp_path_factory.mktemp("fedskel-home")
     os.environ["FEDSKEL_HOME"] = str(home)
@@ -22,6 +25,11 @@ def fedskel_home(tmp_path_factory):
         os.environ.pop(name, None)
         if value is not None:
             os.environ[name] = value
+    assert _listing(user_home) == before, f"the tests wrote keys outside their temporary directory, into {user_home}"
+
+
+def _listing(directory):
+    return sorted(str(p) for p in directory.rglob("*")) if directory.exists() else None
 
 
 @pytest.fixture(scope="session")

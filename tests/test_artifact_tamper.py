@@ -8,12 +8,14 @@ signature can tell) or native code that no check short of the signature can judg
 The worker's temporary directory must be empty afterwards: no copy of a library is left behind.
 """
 
+import base64
 import bz2
 import gzip
 import io
 import json
 import lzma
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -26,9 +28,13 @@ import numpy as np
 import pytest
 
 from artifact_edit import members_of, rebuilt, tar_of
+from fedskel.compiler.training_graph import FUNCTION_ARGS
 from fedskel.runtime import ArtifactError, load
 from fedskel.runtime.artifact import LIBRARY, MANIFEST, PARAMS, SIGNATURE
+from fedskel.runtime.manifest import CALLING_CONVENTION
 from fedskel.runtime.signing import default_signing_key, generate_key, public_key_line
+
+pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")  # the duplicate-entry npz is built on purpose
 
 WORKER = Path(__file__).with_name("load_worker.py")
 SIGNATURE_ONLY = "signature only"
@@ -144,8 +150,6 @@ def signature_record(change):
 
 
 def flip_signature_bit(record):
-    import base64
-
     signature = bytearray(base64.b64decode(record["signature"]))
     signature[10] ^= 1
     return json.dumps(dict(record, signature=base64.b64encode(bytes(signature)).decode())).encode()
@@ -395,6 +399,10 @@ def tamper_run(artifact, tmp_path_factory):
     return results, leftovers, marker
 
 
+def test_the_runtime_calls_functions_as_the_compiler_builds_them():
+    assert CALLING_CONVENTION == FUNCTION_ARGS
+
+
 def test_there_are_at_least_99_cases():
     assert len(CASES) >= 99, len(CASES)
 
@@ -417,8 +425,6 @@ def test_without_a_signature_the_loader_still_refuses_each_case_for_its_reason(t
         if reason is None:  # valid content: loads, and says it was not trusted
             ok = outcome["outcome"] == "loaded" and any("without a trusted signature" in w for w in outcome["warnings"])
         else:
-            import re
-
             ok = outcome["outcome"] == "refused" and re.search(reason, outcome["message"]) is not None
         if not ok:
             wrong[case] = outcome.get("type", outcome["outcome"]) + ": " + outcome.get("message", "")
