@@ -28,7 +28,7 @@ def load(path, trusted_keys=None, allow_unsigned=False):
         arrays = read_params(members[PARAMS], manifest)
         _check_runnable_here(manifest)
         device = _device(manifest["target"]["device"])
-        vm = virtual_machine(open_library(members[LIBRARY]), manifest, device)
+        vm = virtual_machine(open_library(members[LIBRARY]), manifest, device, run_forward=signer is None)
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     return Trainer(manifest, vm, arrays, device, signer=signer)

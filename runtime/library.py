@@ -8,7 +8,8 @@ order, before it computes anything, so a call whose last argument alone is wrong
 match and names the last one's compiled type (``predict`` checks only its input at entry: its parameters
 are the ones ``forward_train`` was shown to take, and every kernel checks its buffers' shapes). One
 forward pass then shows the number of classes. So no manifest value that bounds an index (out_channels
-and k for skeletons, num_classes for labels) reaches a kernel unless the library agrees with it.
+and k for skeletons, num_classes for labels) reaches a kernel unless the library agrees with it, or a
+trusted key signed the manifest (the forward pass, the one check that computes, is then skipped).
 
 A library is native code: these checks catch a corrupt or inconsistent artifact; only a signature
 (runtime/signing.py) says the code is the one its signer compiled.
@@ -91,8 +92,13 @@ def argument_types(manifest):
     return {function: [arg for kind in order for arg in kinds[kind]] for function, order in CALLING_CONVENTION.items()}
 
 
-def check_library(vm, manifest, device):
-    """ArtifactError unless every function's arity, argument shapes and dtypes, and the classes, are the manifest's."""
+def check_library(vm, manifest, device, run_forward=True):
+    """ArtifactError unless every function's arity, argument shapes and dtypes, and the classes, are the manifest's.
+
+    ``run_forward``: also run one forward pass to see the number of classes (the only check that computes;
+    a big untuned model takes seconds). A manifest signed by a trusted key was written by the compiler
+    from this very module, so its loader may skip it.
+    """
     for function, arguments in argument_types(manifest).items():
         try:
             arity = vm._get_function_arity(function)
@@ -102,6 +108,8 @@ def check_library(vm, manifest, device):
             raise ArtifactError(f"the library's {function} takes {arity} arguments, the manifest implies {len(arguments)}")
         if function != "predict":
             _probe(vm, function, arguments, device)
+    if not run_forward:
+        return
     try:
         logits = _call_predict(vm, manifest, device)
     except Exception as exc:  # noqa: BLE001  any TVM error: the library does not run as described
@@ -149,8 +157,8 @@ def _last_line(message):
     return lines[-1][:300] if lines else "(no message)"
 
 
-def virtual_machine(library, manifest, device):
-    """The Relax VM over ``library`` once it has been checked against ``manifest``."""
+def virtual_machine(library, manifest, device, run_forward=True):
+    """The Relax VM over ``library`` once it has been checked against ``manifest`` (check_library)."""
     vm = tvm_vm.VirtualMachine(library, device)
-    check_library(vm, manifest, device)
+    check_library(vm, manifest, device, run_forward)
     return vm
