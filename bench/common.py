@@ -4,28 +4,24 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 
 import numpy as np
 import tvm
-from tvm.runtime import vm as tvm_vm
 
 from fedskel.compiler.pipeline import compile_model
-from fedskel.runtime.artifact import LIBRARY, PARAMS, read_artifact, unpack_arrays
+from fedskel.runtime.artifact import LIBRARY, PARAMS, read_artifact
+from fedskel.runtime.library import open_library, virtual_machine
+from fedskel.runtime.params_file import read_params
 
 
 class CompiledModel:
     """An artifact's VM plus ready-made arguments for each of its functions."""
 
     def __init__(self, path, seed=0):
-        self.manifest, members = read_artifact(path)
-        with tempfile.TemporaryDirectory() as tmp:
-            lib_path = os.path.join(tmp, LIBRARY)
-            with open(lib_path, "wb") as handle:
-                handle.write(members[LIBRARY])
-            self.vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(lib_path), tvm.cpu())
-        arrays = unpack_arrays(members[PARAMS])
+        self.manifest, members, _ = read_artifact(path)
+        self.vm = virtual_machine(open_library(members[LIBRARY]), self.manifest, tvm.cpu())
+        arrays = read_params(members[PARAMS], self.manifest)
         rng = np.random.default_rng(seed)
         t = lambda a: tvm.runtime.tensor(np.asarray(a, order="C"))
         m = self.manifest

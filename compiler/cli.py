@@ -25,6 +25,8 @@ def _parser():
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=value, help=f"SGD {key} (default {value})")
     parser.add_argument("--seed", type=int, default=0, help="initial weights of zoo models")
     parser.add_argument("--tuning-db", metavar="DIR", help="apply a fedskel-tune database (same model, ratio, batch, target)")
+    parser.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (fedskel-keygen) that signs the artifact "
+                        "(default: your key in $FEDSKEL_HOME or ~/.config/fedskel, made and trusted here on first use)")
     parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
     return parser
 
@@ -49,6 +51,7 @@ def main(argv=None):
         manifest = compile_model(
             args.model, output, target=args.target, ratio=args.ratio, batch_size=args.batch_size,
             num_classes=args.num_classes, optimizer=optimizer, seed=args.seed, tuning_db=args.tuning_db,
+            sign_key=args.sign_key,
         )
     except CompileError as exc:
         print(f"fedskel-compile: error: {exc}", file=sys.stderr)

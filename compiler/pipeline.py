@@ -1,18 +1,21 @@
 """Model in, artifact out: the one function behind ``fedskel-compile``."""
 
+import math
 import os
 import tempfile
 
 import numpy as np
 import tvm
 
-from fedskel.runtime.artifact import LIBRARY, PARAMS, pack_arrays, write_artifact
+from fedskel.runtime.artifact import LIBRARY, PARAMS, ArtifactError, pack_arrays, write_artifact
+from fedskel.runtime.manifest import CALLING_CONVENTION
+from fedskel.runtime.signing import default_signing_key, load_signing_key
 from fedskel.targets import get_target
 
 from .build import build_library
 from .errors import CompileError
 from .onnx_loader import load_onnx
-from .training_graph import FUNCTION_ARGS, build_training_module
+from .training_graph import build_training_module
 from .tuning import apply_database
 from .zoo import ZOO, export_zoo_onnx
 
@@ -51,13 +54,18 @@ def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, se
 
 
 def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0,
-                  tuning_db=None):
+                  tuning_db=None, sign_key=None):
     """Compile ``model`` (zoo name or ONNX path) into the artifact ``output``; returns the manifest.
 
     ``tuning_db``: a fedskel-tune database directory whose best schedules the kernels get.
+    ``sign_key``: PEM file of the Ed25519 key that signs the artifact (default: this user's key,
+    made and trusted on this machine on first use; runtime/signing.py).
+    Everything that can be checked before compiling is (output path, optimizer, key).
     """
+    check_output_path(output)
     target_spec = resolve_target(target)
-    optimizer = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+    optimizer = checked_optimizer({**DEFAULT_OPTIMIZER, **(optimizer or {})})
+    signing_key = _signing_key(sign_key)
     imported, training = load_training_module(model, ratio, batch_size, num_classes, seed)
     module, tuning = apply_database(training.module, target_spec, tuning_db) if tuning_db else (training.module, None)
     library = build_library(module, target_spec)
@@ -72,7 +80,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
         "conv_layers": training.conv_layers,
         "ratio": ratio,
         "optimizer": optimizer,
-        "functions": FUNCTION_ARGS,
+        "functions": CALLING_CONVENTION,  # how the runtime calls the functions build_training_module makes
         "target": {
             "name": target_spec.name,
             "tvm_target": target_spec.tvm_target,
@@ -83,7 +91,34 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
         "tuning": tuning,
     }
     members = {LIBRARY: library, PARAMS: pack_arrays(imported.initial_values)}
-    return write_artifact(output, manifest, members)
+    return write_artifact(output, manifest, members, signing_key=signing_key)
+
+
+def check_output_path(output):
+    """CompileError unless ``output`` names a file that can be written: its directory exists, it is not a directory."""
+    output = os.fspath(output)
+    directory = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        raise CompileError(f"output {output} is a directory; give the artifact's file name (e.g. {os.path.join(output, 'model.fsk')})")
+    if not os.path.isdir(directory):
+        raise CompileError(f"output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise CompileError(f"output directory {directory} is not writable")
+
+
+def checked_optimizer(optimizer):
+    """The SGD defaults, refused unless each is a finite number >= 0 (the runtime's own rule)."""
+    for key, value in optimizer.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise CompileError(f"--{key.replace('_', '-')} must be a finite number >= 0, got {value!r}")
+    return optimizer
+
+
+def _signing_key(path):
+    try:
+        return default_signing_key() if path is None else load_signing_key(path)
+    except ArtifactError as exc:
+        raise CompileError(f"signing key: {exc}") from None
 
 
 def _describe(name, array):

@@ -9,7 +9,7 @@ import sys
 from .errors import CompileError
 from .pipeline import load_training_module, resolve_target
 from .tuning import DEFAULT_COMMIT_EVERY, tune
-from .tuning_db import merge_databases
+from .tuning_db import check_database_dir, merge_databases
 from .zoo import ZOO
 
 
@@ -41,6 +41,7 @@ def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        check_database_dir(args.db)
         if args.merge:
             kernels = merge_databases(args.db, *args.merge)
             print(f"merged {len(args.merge)} database(s) into {args.db}: {kernels} kernels, best record each")

@@ -24,8 +24,15 @@ def has_records(db_dir):
     return os.path.isfile(path) and os.path.getsize(path) > 0
 
 
+def check_database_dir(db_dir):
+    """CompileError when ``db_dir`` exists and is not a directory (checked before any tuning starts)."""
+    if os.path.exists(db_dir) and not os.path.isdir(db_dir):
+        raise CompileError(f"tuning database {db_dir} is a file; a database is a directory (give a new or existing directory)")
+
+
 def open_database(db_dir, create=False):
     """The JSONDatabase in ``db_dir``; CompileError when it is missing (unless ``create``) or unreadable."""
+    check_database_dir(db_dir)
     missing = [name for name in FILES if not os.path.isfile(os.path.join(db_dir, name))]
     if missing and not create:
         raise CompileError(f"tuning database {db_dir}: missing {', '.join(missing)} (run fedskel-tune first)")

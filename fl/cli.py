@@ -6,10 +6,12 @@ Bad input ends with exit code 2 and one line naming the problem.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 from fedskel.compiler.errors import CompileError
+from fedskel.fl.aggregation import RULES, AggregationRules
 from fedskel.fl.client_data import split_among_clients
 from fedskel.fl.data import load_dataset
 from fedskel.fl.partition import SCHEMES
@@ -57,6 +59,13 @@ def _sim_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fp16-wire", action="store_true", help="send float16 payloads instead of float32")
     parser.add_argument("--client-timeout", type=float, help="seconds of local training before a client is dropped")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="model init, partition, sampling and batches")
+    parser.add_argument("--aggregation", default=DEFAULTS.aggregation.rule, choices=RULES,
+                        help="mean (num_examples-weighted), or per-row median / trimmed-mean over each row's senders")
+    parser.add_argument("--trim", type=float, default=DEFAULTS.aggregation.trim, help="trimmed-mean: fraction cut at each end")
+    parser.add_argument("--max-examples", type=int, help="a client's claimed num_examples counts at most this")
+    parser.add_argument("--max-share", type=float, help="no client's weight in a row above this fraction of the row's total")
+    parser.add_argument("--clip-norm", type=float, help="scale each update's change to the global model to at most this L2 norm")
+    parser.add_argument("--allow-unsigned", action="store_true", help="load an --artifact without a trusted signature (warns)")
     parser.add_argument("--out", required=True, help="run directory (report.json, curves.png)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -64,10 +73,13 @@ def _sim_parser() -> argparse.ArgumentParser:
 
 def sim_main(argv: list[str] | None = None) -> int:
     args = _sim_parser().parse_args(argv)
+    created = _first_missing(Path(args.out))  # removed again if the run fails: no half-made run directories
     try:
         settings, clients_data, artifact, config = _prepare(args)
-        result = simulate(artifact, clients_data, settings, progress=not args.no_progress)
+        result = simulate(artifact, clients_data, settings, progress=not args.no_progress, allow_unsigned=args.allow_unsigned)
     except (ValueError, OSError, CompileError, ArtifactError) as err:
+        if created is not None and created.is_dir():
+            shutil.rmtree(created)
         print(f"fedskel-sim: error: {err}", file=sys.stderr)
         return 2
     report = build_report(config, result)
@@ -92,13 +104,12 @@ def _prepare(args: argparse.Namespace):
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, setskel_steps=args.setskel_steps,
         reselect_every=args.reselect_every, wire_dtype="float16" if args.fp16_wire else "float32",
         client_timeout=args.client_timeout, seed=args.seed,
+        aggregation=AggregationRules(args.aggregation, args.trim, args.max_examples, args.max_share, args.clip_norm),
     )
     dataset = load_dataset(args.dataset, args.data_dir)
     opts = {"alpha": args.alpha} if args.alpha is not None else {}
     clients_data = split_among_clients(dataset, args.clients, args.partition, args.seed, **opts)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    artifact, manifest = _artifact(args, out)
+    artifact, manifest = _artifact(args, Path(args.out))
     _check_fits(manifest, dataset)
     config = {
         "model": manifest["model"], "dataset": args.dataset, "clients": args.clients, "partition": args.partition,
@@ -111,7 +122,7 @@ def _prepare(args: argparse.Namespace):
 def _artifact(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
     """(path, manifest) of the given artifact (checked against --ratio / --batch-size), or of a fresh compile."""
     if args.artifact:
-        manifest = load(args.artifact).manifest
+        manifest = load(args.artifact, allow_unsigned=args.allow_unsigned).manifest
         for option, key in (("ratio", "ratio"), ("batch_size", "batch_size")):
             wanted = getattr(args, option)
             if wanted is not None and wanted != manifest[key]:
@@ -119,10 +130,21 @@ def _artifact(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
         return Path(args.artifact), manifest
     from fedskel.compiler.pipeline import compile_model
 
+    out.mkdir(parents=True, exist_ok=True)
     path = out / ARTIFACT
     ratio = {} if args.ratio is None else {"ratio": args.ratio}
     batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
     return path, compile_model(args.model, path, batch_size=batch_size, seed=args.seed, **ratio)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (what this run would create), or None."""
+    missing = None
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        missing = directory
+    return missing
 
 
 def _check_fits(manifest: dict, dataset) -> None:

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from fedskel.fl.aggregation import AggregationRules, check_upload
 from fedskel.fl.client_data import ClientData
 from fedskel.fl.layout import ModelLayout, Skeleton
 from fedskel.fl.strategies import get_strategy
@@ -38,6 +39,7 @@ class Settings:
     Local work is ``local_steps`` SGD steps per round for every client, or ``local_epochs`` passes
     over its own data (then clients with more data take more steps). ``client_timeout``: seconds of
     local training after which a client is dropped from the round (wall time, so not reproducible).
+    ``aggregation``: what bounds one client's pull on the global model (fl/aggregation.py).
     """
 
     strategy: str = "fedskel"
@@ -53,6 +55,7 @@ class Settings:
     wire_dtype: str = "float32"
     client_timeout: float | None = None
     seed: int = 0
+    aggregation: AggregationRules = AggregationRules()
 
     def __post_init__(self):
         if self.rounds < 1:
@@ -63,25 +66,36 @@ class Settings:
             raise ValueError("give exactly one of local_steps and local_epochs")
         if self.local_epochs is not None and not self.local_epochs > 0:
             raise ValueError(f"local_epochs must be > 0, got {self.local_epochs}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.wire_dtype not in DTYPE_CODES:
             raise ValueError(f"wire_dtype must be one of {sorted(DTYPE_CODES)}, got {self.wire_dtype!r}")
         if self.client_timeout is not None and not self.client_timeout > 0:
             raise ValueError(f"client_timeout must be > 0 seconds, got {self.client_timeout}")
 
 
-def simulate(artifact: str | os.PathLike, clients_data: Sequence[ClientData], settings: Settings, progress: bool = False) -> dict:
-    """Run the federation; returns {"settings", "clients", "rounds", "timings"} (fl.report summarises)."""
+def simulate(artifact: str | os.PathLike, clients_data: Sequence[ClientData], settings: Settings, progress: bool = False,
+             allow_unsigned: bool = False, make_client=Client) -> dict:
+    """Run the federation; returns {"settings", "clients", "rounds", "timings"} (fl.report summarises).
+
+    ``allow_unsigned``: load an artifact without a trusted signature (runtime.load). ``make_client``: called
+    as Client(trainer, x, y, training, seed) once per client, in order (a device emulation, a hostile client).
+    """
     if not clients_data:
         raise ValueError("a federation needs at least one client")
     if not any(len(data.y_test) for data in clients_data):
         raise ValueError("every client's test split is empty: there is nothing to evaluate on")
-    server_model = load(artifact)  # the global model, evaluated on the pooled test set
+    server_model = load(artifact, allow_unsigned=allow_unsigned)  # the global model, evaluated on the pooled test set
     layout = ModelLayout.from_manifest(server_model.manifest)
     strategy = get_strategy(settings.strategy, layout)
     sampler = np.random.default_rng(np.random.SeedSequence(settings.seed).spawn(1)[0])
     clients = [
-        Client(load(artifact), data.x_train, data.y_train, local_training(settings, strategy, data, server_model),
-               client_seed(settings.seed, len(clients_data), i))
+        make_client(load(artifact, allow_unsigned=allow_unsigned), data.x_train, data.y_train,
+                    local_training(settings, strategy, data, server_model), client_seed(settings.seed, len(clients_data), i))
         for i, data in enumerate(clients_data)
     ]
     federation = _Federation(strategy, layout, settings, server_model, clients, clients_data)
@@ -136,7 +150,7 @@ class _Federation:
                     step_ms[phase] += [1e3 * s for s in report.step_seconds[phase]]
             bar.update()
         if updates:  # a round where every client failed leaves the global model as it was
-            self.global_params = self.strategy.aggregate(self.global_params, updates)
+            self.global_params = self.strategy.aggregate(self.global_params, updates, self.settings.aggregation)
         losses = [loss for loss in record["client_loss"] if loss is not None]
         local = [self._personalised_accuracy(cid) for cid in range(len(self.clients))]
         measured = [a for a in local if a is not None]
@@ -163,6 +177,7 @@ class _Federation:
             raise ClientTimeout(f"local training took {elapsed:.3f} s, the budget is {timeout} s")
         update, size = self._transmit(self.strategy.client_update(client.params, client.skeleton, report.num_examples))
         traffic["uplink_bytes"] += size
+        check_upload(update, self.layout)
         self.skeletons[cid] = uploaded_skeleton(update, self.layout)  # only once the upload is known good
         return update, report
 

@@ -1,39 +1,49 @@
 """Device-side runtime: load a FedSkel artifact with the TVM runtime and train it (no torch, no compiler)."""
 
-import os
 import platform
-import tempfile
 
 import tvm
 
-from .artifact import LIBRARY, PARAMS, ArtifactError, read_artifact, unpack_arrays
+from .artifact import LIBRARY, PARAMS, ArtifactError, UnsignedArtifactWarning, read_artifact
+from .library import open_library, virtual_machine
+from .params_file import read_params
 from .skeleton import SkeletonError, top_k_skeleton, validate_skeleton
 from .trainer import InputError, Trainer
 
-__all__ = ["load", "Trainer", "ArtifactError", "SkeletonError", "InputError", "top_k_skeleton", "validate_skeleton"]
+__all__ = ["load", "Trainer", "ArtifactError", "UnsignedArtifactWarning", "SkeletonError", "InputError", "top_k_skeleton",
+           "validate_skeleton"]
 
 
-def load(path):
-    """A Trainer for the artifact at ``path``, after checking its hashes, format and target."""
-    manifest, members = read_artifact(path)
-    target = manifest.get("target", {})
-    machine = platform.machine()
-    if target.get("machine") not in (machine, None) and not (target.get("machine") == "amd64" and machine == "x86_64"):
-        raise ArtifactError(
-            f"{path}: built for target {target.get('name')} ({target.get('machine')}); this machine is {machine}"
-        )
-    device = _device(path, target.get("device", "cpu"))
-    # TVM loads libraries from files: extract to a private temporary file, removed once loaded.
-    with tempfile.TemporaryDirectory() as tmp:
-        library_path = os.path.join(tmp, LIBRARY)
-        with open(library_path, "wb") as handle:
-            handle.write(members[LIBRARY])
-        library = tvm.runtime.load_module(library_path)
-        return Trainer(manifest, library, unpack_arrays(members[PARAMS]), device)
+def load(path, trusted_keys=None, allow_unsigned=False):
+    """A Trainer for the artifact at ``path``, once everything in it has been checked.
+
+    Its signature must be by a trusted key (``trusted_keys``, else $FEDSKEL_TRUSTED_KEYS, else this
+    machine's trusted-keys directory; runtime/signing.py) unless ``allow_unsigned=True``, which loads an
+    unsigned or untrusted artifact with an UnsignedArtifactWarning. Then the manifest, hashes, parameters,
+    target, TVM version and the library's functions are checked (runtime/artifact.py, manifest.py,
+    params_file.py, library.py); any failure is an ArtifactError naming it.
+    """
+    manifest, members, signer = read_artifact(path, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
+    try:
+        arrays = read_params(members[PARAMS], manifest)
+        _check_runnable_here(manifest)
+        device = _device(manifest["target"]["device"])
+        vm = virtual_machine(open_library(members[LIBRARY]), manifest, device, run_forward=signer is None)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+    return Trainer(manifest, vm, arrays, device, signer=signer)
 
 
-def _device(path, kind):
+def _check_runnable_here(manifest):
+    target, machine = manifest["target"], platform.machine()
+    if target["machine"] != machine and not (target["machine"] == "amd64" and machine == "x86_64"):
+        raise ArtifactError(f"built for target {target['name']} ({target['machine']}); this machine is {machine}")
+    if manifest["tvm_version"] != tvm.__version__:
+        raise ArtifactError(f"compiled with TVM {manifest['tvm_version']}, this runtime has {tvm.__version__} (a library loads only in the TVM that built it)")
+
+
+def _device(kind):
     device = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
     if not device.exist:
-        raise ArtifactError(f"{path}: built for a {kind} device, and none is available here")
+        raise ArtifactError(f"built for a {kind} device, and none is available here")
     return device

@@ -4,22 +4,28 @@ Parameters, states (BatchNorm running statistics) and SGD velocities live on the
 steps; numpy copies are made only when asked for (``params``) so a training loop does not pay for them.
 """
 
+import math
+import numbers
+
 import numpy as np
 import tvm
-from tvm.runtime import vm as tvm_vm
 
 from .skeleton import validate_skeleton
 
 
 class InputError(ValueError):
-    """Input arrays that do not match the compiled shapes or dtypes."""
+    """Input arrays or hyper-parameters that do not match the compiled shapes or dtypes, or are not finite."""
 
 
 class Trainer:
-    def __init__(self, manifest, library, initial_arrays, device):
+    """``vm``: the Relax VM of a library already checked against ``manifest`` (runtime/library.py);
+    ``signer``: the key id that signed the artifact (None: loaded with allow_unsigned)."""
+
+    def __init__(self, manifest, vm, initial_arrays, device, signer=None):
         self.manifest = manifest
         self.device = device
-        self._vm = tvm_vm.VirtualMachine(library, device)
+        self.signer = signer
+        self._vm = vm
         self.conv_layers = manifest["conv_layers"]
         self.param_names = [p["name"] for p in manifest["params"]]
         self.state_names = [s["name"] for s in manifest["states"]]
@@ -54,6 +60,10 @@ class Trainer:
             value = np.asarray(value)
             if value.shape != shapes[name]:
                 raise InputError(f"parameter {name}: shape {value.shape}, expected {shapes[name]}")
+            if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+                raise InputError(f"parameter {name}: dtype {value.dtype} is not a real number type")
+            if not np.isfinite(value).all():
+                raise InputError(f"parameter {name} holds NaN or Inf")
         for name, value in params.items():
             tensor = self._tensor(np.asarray(value, dtype=self.dtype))
             if name in self.param_names:
@@ -77,7 +87,7 @@ class Trainer:
 
     def train_step(self, x, y, skeleton=None, lr=None, momentum=None, weight_decay=None):
         """One SGD step (torch.optim.SGD semantics); returns the loss. BatchNorm states are updated."""
-        hyper = [self._scalar(v if v is not None else self.optimizer[k])
+        hyper = [self._hyper(k, v if v is not None else self.optimizer[k])
                  for k, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay))]
         args = [self._input(x), self._labels(y), *hyper, *self._params, *self._states, *self._velocities]
         if skeleton is None:
@@ -109,7 +119,10 @@ class Trainer:
     def _tensor(self, array):
         return tvm.runtime.tensor(np.asarray(array, order="C"), self.device)  # (ascontiguousarray makes 0-d 1-d)
 
-    def _scalar(self, value):
+    def _hyper(self, name, value):
+        """A hyper-parameter as a 0-d tensor: a finite real number >= 0 (torch.optim.SGD refuses negative ones)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
         return self._tensor(np.asarray(value, dtype=self.dtype))
 
     def _input(self, x):
@@ -118,6 +131,8 @@ class Trainer:
             raise InputError(f"input must be {self.dtype}, got {x.dtype}")
         if x.shape != self.input_shape:
             raise InputError(f"input shape {x.shape} does not match the compiled {self.input_shape}")
+        if not np.isfinite(x).all():
+            raise InputError("input holds NaN or Inf")
         return self._tensor(x)
 
     def _labels(self, y):

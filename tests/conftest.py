@@ -1,4 +1,10 @@
-"""Shared fixtures: compiled artifacts are built once per session (a compile takes seconds)."""
+"""Shared fixtures: compiled artifacts are built once per session (a compile takes seconds).
+
+The session gets its own FEDSKEL_HOME (signing key, trusted keys) so no test reads or writes the user's;
+processes the tests start inherit it, so they trust the artifacts the session compiles.
+"""
+
+import os
 
 import pytest
 
@@ -13,6 +19,29 @@ def require_toolchain(target):
         get_target(target).require_toolchain()
     except TargetError as exc:
         pytest.skip(str(exc))
+
+
+from fedskel.runtime.signing import config_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fedskel_home(tmp_path_factory):
+    """A private FEDSKEL_HOME for the session; $FEDSKEL_TRUSTED_KEYS unset so it is the one trust store."""
+    user_home = config_dir()
+    before = _listing(user_home)
+    saved = {name: os.environ.pop(name, None) for name in ("FEDSKEL_HOME", "FEDSKEL_TRUSTED_KEYS")}
+    home = tmp_path_factory.mktemp("fedskel-home")
+    os.environ["FEDSKEL_HOME"] = str(home)
+    yield home
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+    assert _listing(user_home) == before, f"the tests wrote keys outside their temporary directory, into {user_home}"
+
+
+def _listing(directory):
+    return sorted(str(p) for p in directory.rglob("*")) if directory.exists() else None
 
 
 @pytest.fixture(scope="session")

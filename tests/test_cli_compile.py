@@ -6,8 +6,9 @@ import sys
 import tarfile
 
 import numpy as np
+import pytest
 
-from fedskel.runtime import load
+from fedskel.runtime import ArtifactError, load
 from fedskel.runtime.artifact import sha256
 
 
@@ -23,7 +24,8 @@ def test_compile_zoo_model_to_a_self_describing_artifact(tmp_path):
     with tarfile.open(out) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     manifest = json.loads(members.pop("manifest.json"))
-    assert set(members) == {"model.so", "params.npz"}
+    signature = json.loads(members.pop("manifest.sig"))
+    assert set(members) == {"model.so", "params.npz"} and signature["algorithm"] == "ed25519"
     assert manifest["sha256"] == {name: sha256(data) for name, data in members.items()}
     assert manifest["format_version"] == 1 and manifest["model"] == "lenet5"
     assert manifest["input_shape"] == [4, 1, 28, 28] and manifest["num_classes"] == 10
@@ -47,3 +49,18 @@ def test_list_targets():
     result = fedskel_compile("--list-targets")
     assert result.returncode == 0
     assert "host" in result.stdout
+
+
+def test_keygen_then_compile_with_that_key_loads_only_where_it_is_trusted(tmp_path):
+    key = tmp_path / "release.pem"
+    made = subprocess.run([sys.executable, "-m", "fedskel.compiler.keygen_cli", "-o", key], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and made.stdout.splitlines()[1].startswith("ssh-ed25519 ")
+    again = subprocess.run([sys.executable, "-m", "fedskel.compiler.keygen_cli", "-o", key], capture_output=True, text=True)
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    out = tmp_path / "signed.fsk"
+    result = fedskel_compile("lenet5", "--batch-size", "2", "--sign-key", key, "-o", out)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(ArtifactError, match="not trusted here"):
+        load(out)  # this machine trusts its default key, not the release key
+    assert load(out, trusted_keys=[f"{key}.pub"]).signer is not None

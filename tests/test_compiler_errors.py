@@ -1,9 +1,5 @@
 """Bad input gets a clear error (exit code 2 from the CLI) and leaves no file behind."""
 
-import io
-import json
-import tarfile
-
 import numpy as np
 import onnx
 import pytest
@@ -11,8 +7,9 @@ from onnx import helper
 
 from fedskel.compiler.cli import main as compile_cli
 from fedskel.runtime import ArtifactError, InputError, SkeletonError, load
-from fedskel.runtime.artifact import MANIFEST
+from fedskel.runtime.signing import default_signing_key
 
+from artifact_edit import members_of, rebuilt, write
 from onnx_models import GraphWriter, as_float64
 
 
@@ -53,6 +50,27 @@ def test_unsupported_op_names_op_and_node(tmp_path, capsys):
 @pytest.mark.parametrize("ratio", ["0", "-0.5", "1.5"])
 def test_ratio_outside_unit_interval(tmp_path, capsys, ratio):
     assert_refused(tmp_path, capsys, ["digits-cnn", "--ratio", ratio], "ratio", ratio.lstrip("-"))
+
+
+def test_output_path_is_checked_before_anything_else(tmp_path, capsys):
+    """A missing model would be the next error: the output's is reported first, so no compile is wasted."""
+    code, err = run_cli(["no-such-model.onnx", "-o", tmp_path / "missing" / "x.fsk"], capsys)
+    assert code == 2 and f"output directory {tmp_path / 'missing'} does not exist" in err
+    code, err = run_cli(["no-such-model.onnx", "-o", tmp_path], capsys)
+    assert code == 2 and f"output {tmp_path} is a directory" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--lr", "nan"], ["--lr", "inf"], ["--momentum=-0.5"], ["--weight-decay=-inf"]])
+def test_non_finite_or_negative_optimizer_defaults(tmp_path, capsys, args):
+    option, value = args if len(args) == 2 else args[0].split("=")
+    assert_refused(tmp_path, capsys, ["no-such-model.onnx", *args], option, "finite number >= 0", value)
+
+
+def test_unreadable_signing_key(tmp_path, capsys):
+    (tmp_path / "key.pem").write_text("not a key")
+    assert_refused(tmp_path, capsys, ["no-such-model.onnx", "--sign-key", tmp_path / "nokey.pem"], "cannot read key file")
+    assert_refused(tmp_path, capsys, ["no-such-model.onnx", "--sign-key", tmp_path / "key.pem"], "not an unencrypted PEM private key")
 
 
 def test_symbolic_batch_needs_batch_size(tmp_path, capsys):
@@ -128,33 +146,45 @@ def test_bad_inputs(digits_trainer):
         digits_trainer.gradients(x, y[:3])
 
 
-def _rewrite_artifact(src, dst, edit_manifest=None, edit_member=None):
-    with tarfile.open(src) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    if edit_manifest:
-        manifest = json.loads(members[MANIFEST])
-        edit_manifest(manifest)
-        members[MANIFEST] = json.dumps(manifest).encode()
-    if edit_member:
-        name, change = edit_member
-        members[name] = change(members[name])
-    with tarfile.open(dst, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return dst
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_hyperparameters_and_parameters_are_refused_by_name(digits_trainer, bad):
+    x, y = np.zeros(digits_trainer.input_shape, np.float32), np.zeros(8, np.int64)
+    poisoned = x.copy()
+    poisoned[3, 0, 2, 1] = bad
+    for call in (lambda: digits_trainer.gradients(poisoned, y), lambda: digits_trainer.predict(poisoned),
+                 lambda: digits_trainer.importance(poisoned), lambda: digits_trainer.train_step(poisoned, y)):
+        with pytest.raises(InputError, match="input holds NaN or Inf"):
+            call()
+    for name in ("lr", "momentum", "weight_decay"):
+        with pytest.raises(InputError, match=f"{name} must be a finite number >= 0, got {bad}"):
+            digits_trainer.train_step(x, y, **{name: bad})
+    weight = digits_trainer.params["0.weight"]
+    weight[0, 0, 0, 0] = bad
+    with pytest.raises(InputError, match="parameter 0.weight holds NaN or Inf"):
+        digits_trainer.set_params({"0.weight": weight})
+
+
+def test_negative_or_non_numeric_hyperparameters_are_refused(digits_trainer):
+    x, y = np.zeros(digits_trainer.input_shape, np.float32), np.zeros(8, np.int64)
+    for name, value in (("lr", -0.1), ("momentum", "0.9"), ("weight_decay", True), ("lr", [0.1])):
+        with pytest.raises(InputError, match=f"{name} must be a finite number >= 0"):
+            digits_trainer.train_step(x, y, **{name: value})
+
+
+def _resigned(src, dst, **edits):
+    """The artifact edited and signed again by the trusted key: only the loader's later checks can refuse it."""
+    return write(dst, rebuilt(members_of(src), sign_with=default_signing_key(), **edits))
 
 
 def test_load_refuses_tampered_unknown_or_foreign_artifacts(artifact, tmp_path):
     good = artifact("digits-cnn", ratio=0.3, batch_size=8)
-    flipped = _rewrite_artifact(good, tmp_path / "a.fsk", edit_member=("params.npz", lambda b: b[:-1] + bytes([b[-1] ^ 1])))
+    flipped = write(tmp_path / "a.fsk", [(n, d[:-1] + bytes([d[-1] ^ 1]) if n == "params.npz" else d) for n, d in members_of(good)])
     with pytest.raises(ArtifactError, match="sha256 of member params.npz"):
         load(flipped)
-    future = _rewrite_artifact(good, tmp_path / "b.fsk", edit_manifest=lambda m: m.update(format_version=99))
+    future = _resigned(good, tmp_path / "b.fsk", edit_manifest=lambda m: m.update(format_version=99))
     with pytest.raises(ArtifactError, match="format version 99"):
         load(future)
-    foreign = _rewrite_artifact(good, tmp_path / "c.fsk", edit_manifest=lambda m: m["target"].update(machine="aarch64", name="arm64"))
+    foreign = _resigned(good, tmp_path / "c.fsk", edit_manifest=lambda m: m["target"].update(machine="aarch64", name="arm64"))
     with pytest.raises(ArtifactError, match="aarch64"):
         load(foreign)
     garbage = tmp_path / "d.fsk"

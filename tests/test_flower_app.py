@@ -95,7 +95,8 @@ def test_rejected_uploads_say_why(layout, fedskel_upload):
     empty = encode(type(fedskel_upload)(fedskel_upload.entries, num_examples=0))
     first = layout.conv_layers[0]
     short = dict(fedskel_upload.entries)
-    short[first.weight] = type(short[first.weight])(short[first.weight].values[:-1], short[first.weight].rows[:-1], layout.shape(first.weight))
+    for name in (first.weight, first.bias):  # one row short of k, weight and bias alike
+        short[name] = type(short[name])(short[name].values[:-1], short[name].rows[:-1], layout.shape(name))
     not_bytes = RecordDict({UPDATE: ArrayRecord({"wire": Array(np.zeros(4, np.float32))}), METRICS: reply(data)[METRICS]})
     cases = [
         (reply(data[:-3]), "bad wire message: truncated"),
@@ -118,7 +119,7 @@ def test_evaluation_replies_are_range_checked():
     assert (good.local_accuracy, good.global_correct, good.test_examples) == (0.7, 4, 10)
     without_tests = read_evaluation(RecordDict({METRICS: MetricRecord({**base, "test-examples": 0})}))
     assert without_tests.local_accuracy is None and without_tests.global_correct is None
-    with pytest.raises(ReplyError, match="accuracies out of range"):
+    with pytest.raises(ReplyError, match=r"metric 'global-correct' = 11 outside \[0, 10\]"):
         read_evaluation(RecordDict({METRICS: MetricRecord({**base, "local-accuracy": 0.7, "global-correct": 11})}))
     with pytest.raises(ReplyError, match=r"lacks \['global-correct'\]"):
         read_evaluation(RecordDict({METRICS: MetricRecord({**base, "local-accuracy": 0.7})}))

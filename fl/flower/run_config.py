@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 from flwr.app import ConfigRecord
 
+from fedskel.fl.aggregation import AggregationRules
 from fedskel.fl.simulator import Settings
 
 UNSET = ""
@@ -57,8 +58,17 @@ _SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "seed": ("seed", _integer),
 }
 
+# run config key -> (AggregationRules field, parser): Settings.aggregation, the server's bounds on each client
+_AGGREGATION: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "aggregation": ("rule", _text),
+    "trim": ("trim", _number),
+    "max-examples": ("max_examples", _integer),
+    "max-share": ("max_share", _number),
+    "clip-norm": ("clip_norm", _number),
+}
+
 # fields whose value may be None, written "" in configs
-_UNSETTABLE = {"local_steps", "local_epochs", "momentum", "weight_decay", "data_dir", "alpha", "out"}
+_UNSETTABLE = {"local_steps", "local_epochs", "momentum", "weight_decay", "data_dir", "alpha", "out", "max_examples", "max_share", "clip_norm"}
 
 
 def _parse(key: str, value: Any, parse: Callable[[str, Any], Any], unsettable: bool) -> Any:
@@ -70,7 +80,8 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
     values = {field: _parse(key, config[key], parse, field in _UNSETTABLE) for key, (field, parse) in _SETTINGS.items() if key in config}
     if values.get("local_epochs") is not None:
         values["local_steps"] = None
-    return Settings(**values)
+    rules = {field: _parse(key, config[key], parse, field in _UNSETTABLE) for key, (field, parse) in _AGGREGATION.items() if key in config}
+    return Settings(**values, aggregation=AggregationRules(**rules))
 
 
 def settings_record(settings: Settings) -> ConfigRecord:
@@ -79,6 +90,9 @@ def settings_record(settings: Settings) -> ConfigRecord:
     for key, (field, _) in _SETTINGS.items():
         value = getattr(settings, field)
         record[key] = (ONCE if field == "reselect_every" else UNSET) if value is None else value
+    for key, (field, _) in _AGGREGATION.items():
+        value = getattr(settings.aggregation, field)
+        record[key] = UNSET if value is None else value
     return ConfigRecord(record)
 
 
@@ -124,9 +138,9 @@ class AppConfig:
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> AppConfig:
         """Parse and check a run config; an unknown key is an error (a typo must not pass as a default)."""
-        unknown = sorted(set(config) - set(_SETTINGS) - set(_APP))
+        unknown = sorted(set(config) - set(_SETTINGS) - set(_AGGREGATION) - set(_APP))
         if unknown:
-            raise ValueError(f"unknown run config keys {unknown}; known: {sorted({*_SETTINGS, *_APP})}")
+            raise ValueError(f"unknown run config keys {unknown}; known: {sorted({*_SETTINGS, *_AGGREGATION, *_APP})}")
         fields = {field: _parse(key, config[key], parse, field in _UNSETTABLE) for key, (field, parse) in _APP.items() if key in config}
         return cls(settings=settings_from_config(config), **fields)
 

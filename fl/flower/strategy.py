@@ -13,7 +13,7 @@ same way), so fl.report summarises Flower runs too.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from logging import INFO, WARNING
 from typing import Iterable, Mapping
 
@@ -86,9 +86,9 @@ class FlowerStrategy(FlowerStrategyBase):
         dropped = []
         for node, reply in self._match(replies):
             try:
-                upload = self._known(read_upload(_content(reply), self.layout), uploads)
-            except ReplyError as err:
-                dropped.append({"node": node, "reason": str(err)})
+                upload = self._pinned(self._known(read_upload(_content(reply), self.layout), uploads))
+            except Exception as err:  # noqa: BLE001  whatever one reply does wrong drops that node, never the run
+                dropped.append({"node": node, "reason": _reason(err)})
             else:
                 uploads[upload.partition] = (node, upload)
                 self.clients.setdefault(upload.partition, {})["train"] = upload.update.num_examples
@@ -111,7 +111,7 @@ class FlowerStrategy(FlowerStrategyBase):
         if not uploads:  # a round where every node failed leaves the global model as it was
             return None, metrics
         metrics["loss"] = record["loss"]
-        new_global = self.strategy.aggregate(self._global, [u.update for u in uploads])
+        new_global = self.strategy.aggregate(self._global, [u.update for u in uploads], self.settings.aggregation)
         for node, upload in zip(nodes, uploads):  # only now: a skeleton counts once its upload was aggregated
             self.skeletons[node] = upload.skeleton
         return params_record(new_global), metrics
@@ -143,8 +143,8 @@ class FlowerStrategy(FlowerStrategyBase):
         for node, reply in self._match(replies):
             try:
                 evaluation = self._known(read_evaluation(_content(reply)), seen)
-            except ReplyError as err:
-                log(WARNING, "round %d: evaluation of node %s left out: %s", server_round, node, err)
+            except Exception as err:  # noqa: BLE001  as in training: one bad reply never ends the run
+                log(WARNING, "round %d: evaluation of node %s left out: %s", server_round, node, _reason(err))
                 continue
             seen[evaluation.partition] = node
             self.clients.setdefault(evaluation.partition, {})["test"] = evaluation.test_examples
@@ -205,6 +205,20 @@ class FlowerStrategy(FlowerStrategyBase):
             raise ReplyError(f"partition-id {reply.partition} already replied this round")
         self.num_partitions = reply.partitions
         return reply
+
+    def _pinned(self, upload: Upload) -> Upload:
+        """The upload with num_examples no larger than its partition declared in its first accepted upload:
+        a node cannot buy weight later by claiming more data (the run's max_examples caps the first claim)."""
+        declared = self.clients.get(upload.partition, {}).get("train")
+        if declared is None or upload.update.num_examples <= declared:
+            return upload
+        log(WARNING, "partition %d claims %d examples, declared %d at first contact: counted as %d",
+            upload.partition, upload.update.num_examples, declared, declared)
+        return replace(upload, update=Update(upload.update.entries, declared))
+
+
+def _reason(err: Exception) -> str:
+    return str(err) if isinstance(err, ReplyError) else f"{type(err).__name__}: {err}"
 
 
 def _content(reply: Message) -> RecordDict:

@@ -12,7 +12,7 @@ from typing import ClassVar, Iterable
 
 import numpy as np
 
-from fedskel.fl.aggregation import aggregate
+from fedskel.fl.aggregation import AggregationRules, aggregate
 from fedskel.fl.layout import ModelLayout, Params, Skeleton
 from fedskel.fl.update import Entry, Update
 
@@ -34,10 +34,10 @@ class Strategy(ABC):
         self.layout.validate_params(params)
         return Update(self.select(params, skeleton), num_examples)
 
-    def aggregate(self, global_params: Params, updates: list[Update]) -> dict[str, np.ndarray]:
-        """New global parameters from this round's uploads."""
+    def aggregate(self, global_params: Params, updates: list[Update], rules: AggregationRules | None = None) -> dict[str, np.ndarray]:
+        """New global parameters from this round's uploads, under the run's aggregation rules (default: the mean)."""
         self.layout.validate_params(global_params)
-        return aggregate(global_params, updates)
+        return aggregate(global_params, updates, rules)
 
     def server_message(self, global_params: Params, skeleton: Skeleton | None) -> Update:
         """What the server sends a client, given that client's last known skeleton."""
