@@ -25,6 +25,8 @@ def _parser():
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=value, help=f"SGD {key} (default {value})")
     parser.add_argument("--seed", type=int, default=0, help="initial weights of zoo models")
     parser.add_argument("--tuning-db", metavar="DIR", help="apply a fedskel-tune database (same model, ratio, batch, target)")
+    parser.add_argument("--cc", metavar="COMMAND", help="what links the library: a compiler on PATH (e.g. aarch64-linux-gnu-gcc), "
+                        "or zig (the pip-installed one); default: the target's cross gcc if installed, else zig")
     parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
     return parser
 
@@ -48,13 +50,15 @@ def main(argv=None):
     try:
         manifest = compile_model(
             args.model, output, target=args.target, ratio=args.ratio, batch_size=args.batch_size,
-            num_classes=args.num_classes, optimizer=optimizer, seed=args.seed, tuning_db=args.tuning_db,
+            num_classes=args.num_classes, optimizer=optimizer, seed=args.seed, tuning_db=args.tuning_db, cc=args.cc,
         )
     except CompileError as exc:
         print(f"fedskel-compile: error: {exc}", file=sys.stderr)
         return 2
     layers = ", ".join(f"{layer['weight']} {layer['k']}/{layer['out_channels']}" for layer in manifest["conv_layers"])
-    print(f"wrote {output}: {manifest['model']} batch {manifest['batch_size']} for {manifest['target']['name']}; skeleton k/Cout: {layers}")
+    linker = manifest["linker"]
+    print(f"wrote {output}: {manifest['model']} batch {manifest['batch_size']} for {manifest['target']['name']} "
+          f"(linked by {linker['name']} {linker['version']}); skeleton k/Cout: {layers}")
     if manifest["tuning"]:
         print(f"tuned kernels: {manifest['tuning']['tuned_tasks']} of {manifest['tuning']['total_tasks']} from {args.tuning_db}")
     return 0

@@ -9,7 +9,7 @@ import tvm
 from fedskel.runtime.artifact import LIBRARY, PARAMS, pack_arrays, write_artifact
 from fedskel.targets import get_target
 
-from .build import build_library
+from .build import build_library, resolve_linker
 from .errors import CompileError
 from .onnx_loader import load_onnx
 from .training_graph import FUNCTION_ARGS, build_training_module
@@ -51,16 +51,18 @@ def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, se
 
 
 def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0,
-                  tuning_db=None):
+                  tuning_db=None, cc=None):
     """Compile ``model`` (zoo name or ONNX path) into the artifact ``output``; returns the manifest.
 
     ``tuning_db``: a fedskel-tune database directory whose best schedules the kernels get.
+    ``cc``: the command that links the library, or "zig" (default: targets/linker.py's choice).
     """
     target_spec = resolve_target(target)
+    linker = resolve_linker(target_spec, cc)
     optimizer = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
     imported, training = load_training_module(model, ratio, batch_size, num_classes, seed)
     module, tuning = apply_database(training.module, target_spec, tuning_db) if tuning_db else (training.module, None)
-    library = build_library(module, target_spec)
+    library = build_library(module, target_spec, linker)
     manifest = {
         "model": imported.name,
         "input_shape": list(imported.input_shape),
@@ -79,6 +81,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
             "machine": target_spec.machine,
             "device": target_spec.device,
         },
+        "linker": linker.describe(),
         "tvm_version": tvm.__version__,
         "tuning": tuning,
     }
