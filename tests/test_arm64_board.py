@@ -3,8 +3,14 @@
 The board (scripts/arm64_board.sh) is Debian bookworm arm64 under qemu-user with the runtime bundle installed:
 numpy, the TVM runtime and fedskel/runtime, nothing else. Building its root the first time takes a minute or
 two and needs root and network; when that is impossible the test skips and says why. No timings: this is
-emulation. The arm64 and host libraries are different code (NEON vs AVX2 kernels, TVM's arm_cpu vs x86
-schedules, so other summation orders and FMA contractions): float32 results agree to rounding, not bit for bit.
+emulation.
+
+Both libraries run the same TIR kernels, float32 operations in the same order; they can differ only where
+LLVM's instruction selection fuses a multiply and an add into one FMA on one ISA and not on the other (TVM lets
+LLVM fuse; an x86 host without FMA never does). That is one rounding per fused pair, ~1e-7 of the value, so
+the bound is 1e-5 of each tensor's largest entry: far above such differences, far below a real bug (the
+skeleton mask is checked on its own). Measured on a znver3 host (AVX2 + FMA): bit-identical, every tensor of
+both models.
 """
 
 import os
@@ -40,19 +46,24 @@ def arm64_board(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_arm64_gradients_and_steps_match_the_host_build(arm64_board, artifact, tmp_path):
+@pytest.mark.parametrize("model, input_shape", [("lenet5", (1, 28, 28)), ("resnet8", (3, 32, 32))])
+def test_arm64_gradients_and_steps_match_the_host_build(arm64_board, artifact, tmp_path, model, input_shape):
+    paths = {"host": artifact(model, ratio=0.25, batch_size=4),
+             "arm64": artifact(model, ratio=0.25, batch_size=4, target="arm64", cc="zig")}
+    manifest = read_artifact(paths["arm64"])[0]
+    assert manifest["linker"]["name"] == "zig"
     rng = np.random.default_rng(0)
+    skeleton = {layer["weight"]: np.sort(rng.choice(layer["out_channels"], layer["k"], replace=False))
+                for layer in manifest["conv_layers"]}
     inputs = tmp_path / "inputs.npz"
-    np.savez(inputs, x=rng.standard_normal((4, 1, 28, 28)).astype(np.float32), y=np.array([0, 1, 2, 3]),
-             **{"skeleton/0.weight": np.array([1, 4, 8, 13, 19]), "skeleton/3.weight": np.arange(0, 50, 4)[:13]})
+    np.savez(inputs, x=rng.standard_normal((4, *input_shape)).astype(np.float32), y=np.array([0, 1, 2, 3]),
+             **{f"skeleton/{name}": indices for name, indices in skeleton.items()})
     runs = {}
     for target, command in (("host", [sys.executable]), ("arm64", ["bash", BOARD, "python"])):
-        path = artifact("lenet5", ratio=0.25, batch_size=4, target=target, **({"cc": "zig"} if target == "arm64" else {}))
         out = tmp_path / f"{target}.npz"
-        result = subprocess.run([*command, BOARD_TRAIN, path, inputs, out], capture_output=True, text=True)
+        result = subprocess.run([*command, BOARD_TRAIN, paths[target], inputs, out], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
         runs[target] = np.load(out)
-    assert read_artifact(path)[0]["linker"]["name"] == "zig"
     host, arm = runs["host"], runs["arm64"]
     assert str(arm["machine"]) == "aarch64" and str(host["machine"]) != "aarch64"
     assert sorted(arm.files) == sorted(host.files)
@@ -61,8 +72,10 @@ def test_arm64_gradients_and_steps_match_the_host_build(arm64_board, artifact, t
             scale = max(np.abs(host[name]).max(), 1e-6)
             assert np.abs(arm[name] - host[name]).max() <= 1e-5 * scale, name
     # the skeleton run really is restricted: CONV filters outside the skeleton get no gradient
-    outside = np.setdiff1d(np.arange(20), [1, 4, 8, 13, 19])
-    assert np.abs(arm["skeleton/0.weight"][outside]).max() == 0 < np.abs(arm["full/0.weight"][outside]).max()
+    for layer in manifest["conv_layers"]:
+        weight = layer["weight"]
+        outside = np.setdiff1d(np.arange(layer["out_channels"]), skeleton[weight])
+        assert np.abs(arm[f"skeleton/{weight}"][outside]).max() == 0 < np.abs(arm[f"full/{weight}"][outside]).max(), weight
     assert host["losses"][2] < host["losses"][0]
 
 
