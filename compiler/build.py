@@ -5,16 +5,23 @@ import tempfile
 
 import tvm
 
-from fedskel.targets import TargetError
+from fedskel.targets import TargetError, choose_linker
 
 from .errors import CompileError
+
+
+def resolve_linker(target_spec, cc=None):
+    """The linker for ``target_spec`` (``cc``: a named one), chosen before the compile so a bad one fails fast."""
+    try:
+        return choose_linker(target_spec, cc)
+    except TargetError as exc:
+        raise CompileError(str(exc)) from None
 
 
 def compile_executable(module, target_spec):
     """Compile every function of ``module`` for ``target_spec`` with its Relax pipeline: a VM executable."""
     try:
         target = target_spec.tvm()
-        target_spec.require_toolchain()
     except TargetError as exc:
         raise CompileError(str(exc)) from None
     try:
@@ -23,12 +30,14 @@ def compile_executable(module, target_spec):
         raise CompileError(f"TVM failed to build for target {target_spec.name}: {str(exc).splitlines()[-1]}") from None
 
 
-def build_library(module, target_spec):
-    """``module`` compiled for ``target_spec`` and exported: the shared library's bytes."""
+def build_library(module, target_spec, linker):
+    """``module`` compiled for ``target_spec`` and linked by ``linker`` (targets/linker.py): the library's bytes."""
     executable = compile_executable(module, target_spec)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.so")
-        options = {"cc": target_spec.cross_compiler} if target_spec.cross_compiler else {}
-        executable.export_library(path, **options)
+        try:
+            executable.export_library(path, fcompile=linker)
+        except RuntimeError as exc:
+            raise CompileError(str(exc)) from None
         with open(path, "rb") as handle:
             return handle.read()

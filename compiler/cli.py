@@ -27,6 +27,8 @@ def _parser():
     parser.add_argument("--tuning-db", metavar="DIR", help="apply a fedskel-tune database (same model, ratio, batch, target)")
     parser.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (fedskel-keygen) that signs the artifact "
                         "(default: your key in $FEDSKEL_HOME or ~/.config/fedskel, made and trusted here on first use)")
+    parser.add_argument("--cc", metavar="COMMAND", help="what links the library: a compiler on PATH (e.g. aarch64-linux-gnu-gcc), "
+                        "or zig (the pip-installed one); default: the target's cross gcc if installed, else zig")
     parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
     return parser
 
@@ -51,13 +53,15 @@ def main(argv=None):
         manifest = compile_model(
             args.model, output, target=args.target, ratio=args.ratio, batch_size=args.batch_size,
             num_classes=args.num_classes, optimizer=optimizer, seed=args.seed, tuning_db=args.tuning_db,
-            sign_key=args.sign_key,
+            sign_key=args.sign_key, cc=args.cc,
         )
     except CompileError as exc:
         print(f"fedskel-compile: error: {exc}", file=sys.stderr)
         return 2
     layers = ", ".join(f"{layer['weight']} {layer['k']}/{layer['out_channels']}" for layer in manifest["conv_layers"])
-    print(f"wrote {output}: {manifest['model']} batch {manifest['batch_size']} for {manifest['target']['name']}; skeleton k/Cout: {layers}")
+    linker = manifest["linker"]
+    print(f"wrote {output}: {manifest['model']} batch {manifest['batch_size']} for {manifest['target']['name']} "
+          f"(linked by {linker['name']} {linker['version']}); skeleton k/Cout: {layers}")
     if manifest["tuning"]:
         print(f"tuned kernels: {manifest['tuning']['tuned_tasks']} of {manifest['tuning']['total_tasks']} from {args.tuning_db}")
     return 0

@@ -12,7 +12,7 @@ from fedskel.runtime.manifest import CALLING_CONVENTION
 from fedskel.runtime.signing import default_signing_key, load_signing_key
 from fedskel.targets import get_target
 
-from .build import build_library
+from .build import build_library, resolve_linker
 from .errors import CompileError
 from .onnx_loader import load_onnx
 from .training_graph import build_training_module
@@ -54,21 +54,23 @@ def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, se
 
 
 def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0,
-                  tuning_db=None, sign_key=None):
+                  tuning_db=None, sign_key=None, cc=None):
     """Compile ``model`` (zoo name or ONNX path) into the artifact ``output``; returns the manifest.
 
     ``tuning_db``: a fedskel-tune database directory whose best schedules the kernels get.
     ``sign_key``: PEM file of the Ed25519 key that signs the artifact (default: this user's key,
     made and trusted on this machine on first use; runtime/signing.py).
+    ``cc``: the command that links the library, or "zig" (default: targets/linker.py's choice).
     Everything that can be checked before compiling is (output path, optimizer, key).
     """
     check_output_path(output)
     target_spec = resolve_target(target)
     optimizer = checked_optimizer({**DEFAULT_OPTIMIZER, **(optimizer or {})})
     signing_key = _signing_key(sign_key)
+    linker = resolve_linker(target_spec, cc)
     imported, training = load_training_module(model, ratio, batch_size, num_classes, seed)
     module, tuning = apply_database(training.module, target_spec, tuning_db) if tuning_db else (training.module, None)
-    library = build_library(module, target_spec)
+    library = build_library(module, target_spec, linker)
     manifest = {
         "model": imported.name,
         "input_shape": list(imported.input_shape),
@@ -87,6 +89,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
             "machine": target_spec.machine,
             "device": target_spec.device,
         },
+        "linker": linker.describe(),
         "tvm_version": tvm.__version__,
         "tuning": tuning,
     }

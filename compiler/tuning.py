@@ -17,6 +17,7 @@ from tvm.s_tir.meta_schedule.utils import fork_seed
 
 from fedskel.targets import TargetError
 
+from .build import resolve_linker
 from .errors import CompileError
 from .tuning_builder import candidate_builder
 from .tuning_db import database_sha256, has_records, open_database
@@ -63,6 +64,7 @@ def tune(module, target_spec, db_dir, trials, resume=False, rpc=None, rpc_key=No
     if has_records(db_dir) and not resume:
         raise CompileError(f"tuning database {db_dir} already has records: resume it (--resume) or pick a new directory")
     target = _tvm_target(target_spec)
+    linker = resolve_linker(target_spec)
     settings = target_spec.tuning
     trials_per_iter = settings.get("trials_per_iter", DEFAULT_TRIALS_PER_ITER)
     skeleton_weight = settings.get("skeleton_weight", DEFAULT_SKELETON_WEIGHT)
@@ -81,7 +83,7 @@ def tune(module, target_spec, db_dir, trials, resume=False, rpc=None, rpc_key=No
         for group in groups:
             # the group's share of the budget: trials * (kernels so far) / (all kernels), rounded down
             share = trials * group.stop // len(queue) - trials * group.start // len(queue)
-            _tune_group([queue[i] for i in group], [rand_states[i] for i in group], share, tasks, target, target_spec,
+            _tune_group([queue[i] for i in group], [rand_states[i] for i in group], share, tasks, target, linker,
                         trials_per_iter, skeleton_weight, runner, database, db_dir, out)
     finally:
         runner.pool.shutdown()  # its worker processes are otherwise left running after this process exits
@@ -90,7 +92,7 @@ def tune(module, target_spec, db_dir, trials, resume=False, rpc=None, rpc_key=No
     return rows
 
 
-def _tune_group(queue, rand_states, trials, tasks, target, target_spec, trials_per_iter, skeleton_weight, runner,
+def _tune_group(queue, rand_states, trials, tasks, target, linker, trials_per_iter, skeleton_weight, runner,
                 database, db_dir, out):
     """One MetaSchedule run over the kernels ``queue``; its records are in ``database`` when it returns."""
     contexts = [
@@ -105,7 +107,7 @@ def _tune_group(queue, rand_states, trials, tasks, target, target_spec, trials_p
         work_dir=db_dir,
         max_trials_global=trials,
         num_trials_per_iter=trials_per_iter,
-        builder=candidate_builder(target_spec.cross_compiler),
+        builder=candidate_builder(linker),
         runner=runner,
         database=database,
         measure_callbacks=ms.MeasureCallback.create("default") + [ProgressCallback([(tasks.index(task), task) for task in queue], out)],

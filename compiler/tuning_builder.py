@@ -13,9 +13,9 @@ import tempfile
 from tvm.s_tir import meta_schedule as ms
 
 
-def candidate_builder(cross_compiler=None):
-    """A LocalBuilder with the light build below and a shared-library export (cross-linked when asked)."""
-    return ms.builder.LocalBuilder(f_build=build_candidate, f_export=functools.partial(export_candidate, cross_compiler))
+def candidate_builder(linker):
+    """A LocalBuilder with the light build below and a shared-library export linked by ``linker``."""
+    return ms.builder.LocalBuilder(f_build=build_candidate, f_export=functools.partial(export_candidate, linker))
 
 
 def build_candidate(mod, target, _params):
@@ -26,8 +26,8 @@ def build_candidate(mod, target, _params):
     return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def export_candidate(cross_compiler, runtime_module):
+def export_candidate(linker, runtime_module):
     """A candidate as a linked .so: the default .tar would need a compiler on the device to link it there."""
     path = os.path.join(tempfile.mkdtemp(prefix="fedskel-candidate-"), "candidate.so")
-    runtime_module.export_library(path, **({"cc": cross_compiler} if cross_compiler else {}))
+    runtime_module.export_library(path, fcompile=linker)
     return path

@@ -177,6 +177,7 @@ _SCHEMA = record(
     optimizer=record(lr=number(0, 1e6), momentum=number(0, 1e6), weight_decay=number(0, 1e6)),
     functions=exactly(CALLING_CONVENTION),
     target=record(name=text(), tvm_target=json_tree(), machine=text(64), device=one_of("cpu", "cuda")),
+    linker=record(name=text(64), version=text(128), flags=list_of(text(256), 0, 32)),
     tvm_version=text(64),
     tuning=nullable(record(database_sha256=_SHA256, tuned_tasks=integer(0, 2**31), total_tasks=integer(0, 2**31))),
     sha256=record(**{name: _SHA256 for name in HASHED_MEMBERS}),

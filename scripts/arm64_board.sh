@@ -9,8 +9,8 @@
 #   arm64_board.sh python ARGS...   run the board's python3 (qemu-aarch64-static -L ROOT), bundle on its path
 #
 # The root lives outside the repository: $FEDSKEL_ARM64_ROOT (default ~/.cache/fedskel/arm64-root).
-# Building it needs root (apt-get, debootstrap, chroot) and qemu-aarch64 registered with binfmt_misc for the
-# second stage (registered here when the kernel allows it); running it needs neither.
+# Building it needs root (apt-get, debootstrap) and network to a Debian mirror and PyPI; running it needs neither.
+# Artifacts for it are linked on the host by the pip-installed zig (or a named cross gcc): see targets/linker.py.
 set -euo pipefail
 
 ROOT="${FEDSKEL_ARM64_ROOT:-$HOME/.cache/fedskel/arm64-root}"
@@ -19,7 +19,6 @@ PYTHON="${PYTHON:-python3}"  # a host python with pip, for downloading the aarch
 BOARD_DIR=/opt/fedskel       # on the board: site-packages/ (wheels) and app/ (the bundle)
 DEBIAN_READY="$ROOT/.fedskel-debian-ready"
 WHEELS_READY="$ROOT$BOARD_DIR/.requirements-installed"
-BINFMT=/proc/sys/fs/binfmt_misc
 
 die() { echo "arm64_board: $*" >&2; exit 1; }
 
@@ -27,7 +26,6 @@ ensure_host_tools() {
     local missing=()
     command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
     command -v debootstrap >/dev/null || missing+=(debootstrap)
-    command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)  # links what the board runs
     [ ${#missing[@]} -eq 0 ] && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
@@ -45,36 +43,30 @@ debian_mirror() {
     echo "${FEDSKEL_DEBIAN_MIRROR:-${url:-http://deb.debian.org/debian}}"
 }
 
-ensure_binfmt() {
-    # chroot into the foreign root runs aarch64 binaries through binfmt_misc; the F flag opens the qemu
-    # interpreter now, so it works inside the chroot without a copy of qemu there.
-    [ -e "$BINFMT/qemu-aarch64" ] && return
-    local hint="register qemu-aarch64 with binfmt_misc (a privileged container or VM, as root: apt-get install binfmt-support qemu-user-static)"
-    [ -e "$BINFMT/register" ] || mount -t binfmt_misc binfmt_misc "$BINFMT" 2>/dev/null || die "cannot mount binfmt_misc: $hint"
-    [ -e "$BINFMT/qemu-aarch64" ] && return
-    [ -r /usr/lib/binfmt.d/qemu-aarch64.conf ] || die "no /usr/lib/binfmt.d/qemu-aarch64.conf: $hint"
-    cat /usr/lib/binfmt.d/qemu-aarch64.conf > "$BINFMT/register" 2>/dev/null || die "cannot register qemu-aarch64: $hint"
-}
-
 build_root() {
     [ -e "$DEBIAN_READY" ] && return
-    [ "$(id -u)" = 0 ] || die "building the Debian root needs root (debootstrap, chroot); set FEDSKEL_ARM64_ROOT to a built one"
+    [ "$(id -u)" = 0 ] || die "building the Debian root needs root (debootstrap); set FEDSKEL_ARM64_ROOT to a built one"
     if [ -e "$ROOT" ]; then
         # an interrupted build: remove it, but only if it is ours
         [ -e "$ROOT/.fedskel-board" ] || die "$ROOT exists and is not a FedSkel board root; remove it or set FEDSKEL_ARM64_ROOT"
         rm -rf --one-file-system "$ROOT"
     fi
     ensure_host_tools
-    ensure_binfmt
     mkdir -p "$ROOT" && touch "$ROOT/.fedskel-board"
-    local mirror start=$SECONDS
+    local mirror deb start=$SECONDS
     mirror=$(debian_mirror)
     echo "arm64_board: debootstrap $SUITE arm64 from $mirror into $ROOT" >&2
     debootstrap --arch=arm64 --foreign --variant=minbase --include=python3 "$SUITE" "$ROOT" "$mirror" >&2 \
-        || die "debootstrap (first stage) failed: no network to $mirror? (FEDSKEL_DEBIAN_MIRROR overrides the mirror)"
-    chroot "$ROOT" /debootstrap/debootstrap --second-stage >&2 || die "debootstrap second stage under qemu failed"
+        || die "debootstrap failed: no network to $mirror? (FEDSKEL_DEBIAN_MIRROR overrides the mirror)"
+    # The first stage unpacked the essential packages and downloaded the rest. qemu-user runs the board's
+    # binaries with -L ROOT, so their files are all it needs: unpack the rest the same way (merged /usr kept)
+    # instead of the second stage, which configures every package under emulation (~10 min) and needs
+    # qemu registered with binfmt_misc, which an unprivileged container cannot do.
+    for deb in "$ROOT"/var/cache/apt/archives/*.deb; do
+        dpkg-deb --fsys-tarfile "$deb" | tar -C "$ROOT" --keep-directory-symlink -xf - || die "cannot unpack $deb"
+    done
     rm -rf "$ROOT/var/cache/apt/archives/"*.deb
-    echo "debootstrap $SUITE arm64 from $mirror in $((SECONDS - start)) s" > "$DEBIAN_READY"
+    echo "debootstrap $SUITE arm64 (unpacked, not configured) from $mirror in $((SECONDS - start)) s" > "$DEBIAN_READY"
 }
 
 board_python() {

@@ -5,7 +5,8 @@ artifact, so an arm64 library is refused with a message on an x86 host rather th
 """
 
 from . import builtin  # noqa: F401  (registers the named targets)
+from .linker import Linker, choose_linker
 from .registry import available, get_target, register
 from .spec import TargetError, TargetSpec
 
-__all__ = ["TargetSpec", "TargetError", "register", "available", "get_target"]
+__all__ = ["TargetSpec", "TargetError", "register", "available", "get_target", "Linker", "choose_linker"]

@@ -1,7 +1,7 @@
 """The runtime-only bundle a device needs: our runtime package and the pins of what it imports.
 
-A board gets ``fedskel/runtime`` (numpy + the TVM runtime, nothing else) and a requirements file pinning the
-TVM release that compiled the artifact, never the compiler or torch.
+A board gets ``fedskel/runtime`` (numpy, the TVM runtime and cryptography for artifact signatures, nothing
+else) and a requirements file pinning the TVM release that compiled the artifact, never the compiler or torch.
 """
 
 import importlib.metadata
@@ -14,9 +14,10 @@ REQUIREMENTS = "requirements.txt"
 
 
 def runtime_requirements():
-    """numpy, and the exact TVM this workstation compiles with: a library is only loadable by the same TVM."""
-    tvm_pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("apache-tvm", "apache-tvm-ffi")]
-    return ["numpy>=1.26", *tvm_pins]
+    """numpy, the exact TVM this workstation compiles with (a library is only loadable by the same TVM), and
+    the cryptography that checks artifact signatures (runtime/signing.py)."""
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("apache-tvm", "apache-tvm-ffi", "cryptography")]
+    return ["numpy>=1.26", *pins]
 
 
 def write_runtime_bundle(directory):

@@ -9,9 +9,8 @@ from .spec import TargetError, TargetSpec
 
 _REGISTRY = {}
 
-# Where a library whose CPU code is for this architecture can run, and what links it from this machine.
+# Where a library whose CPU code is for this architecture can run.
 _ARCH_MACHINES = {"x86_64": "x86_64", "aarch64": "aarch64"}
-_CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc"}
 _RUNTIME_DEVICES = {"llvm": "cpu", "cuda": "cuda"}
 
 
@@ -43,7 +42,7 @@ def get_target(name):
 
 
 def _from_json(text):
-    """A user's own TVM target: machine and linker follow its (host) mtriple, the device its kind."""
+    """A user's own TVM target: the machine (and so the linker) follows its (host) mtriple, the device its kind."""
     try:
         target = json.loads(text)
     except ValueError as exc:
@@ -65,5 +64,4 @@ def _from_json(text):
         tvm_target=target,
         machine=machine,
         device=_RUNTIME_DEVICES[target["kind"]],
-        cross_compiler=None if machine == platform.machine() else _CROSS_COMPILERS.get(arch),
     )

@@ -1,11 +1,15 @@
 """What a compile target is, and the checks that turn "TVM can't do that here" into a message naming the fix.
 
-TVM on its own accepts an unknown ``-mcpu`` with a logged warning and falls back to a generic CPU, and a
-missing cross-compiler only shows up as a gcc error after the whole compile: both are checked up front.
+TVM on its own accepts an unknown ``-mcpu`` with a logged warning and falls back to a generic CPU: that is
+checked up front. What links the library is targets/linker.py's choice.
 """
 
-import shutil
+import platform
 from dataclasses import dataclass, field
+
+
+# The GNU triple of the system a library for ``machine`` links against (targets/linker.py).
+GNU_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 
 
 class TargetError(KeyError):
@@ -22,7 +26,6 @@ class TargetSpec:
     tvm_target: dict  # TVM 0.27 JSON target dict; a GPU target carries its CPU side under "host"
     machine: str  # platform.machine() of a device that can load the library
     device: str = "cpu"  # "cpu" or "cuda": the TVM device the runtime runs on
-    cross_compiler: str | None = None  # compiler that links the shared library (None: the host's)
     tuning: dict = field(default_factory=dict)  # default MetaSchedule settings
 
     def tvm(self):
@@ -42,14 +45,13 @@ class TargetSpec:
 
         return cuda_pipeline(target)
 
-    def require_toolchain(self):
-        """Raise TargetError naming the package to install when the linker for this target is missing."""
-        if self.cross_compiler and shutil.which(self.cross_compiler) is None:
-            package = f"gcc-{self.cross_compiler.removesuffix('-gcc')}"
-            raise TargetError(
-                f"target {self.name} links with {self.cross_compiler}, which is not installed: "
-                f"apt-get install {package}"
-            )
+    @property
+    def gnu_triple(self):
+        return GNU_TRIPLES[self.machine]
+
+    def is_cross(self):
+        """Whether the library is for another CPU than this machine's, so needs a cross linker."""
+        return self.machine != platform.machine()
 
 
 def _check_codegen(name, target):

@@ -9,18 +9,6 @@ import os
 import pytest
 
 from fedskel.compiler.pipeline import compile_model
-from fedskel.targets import TargetError, get_target
-
-
-def require_toolchain(target):
-    """Skip, naming what is missing, when ``target``'s cross-linker is not on this machine (scripts/setup.sh
-    does not install system compilers)."""
-    try:
-        get_target(target).require_toolchain()
-    except TargetError as exc:
-        pytest.skip(str(exc))
-
-
 from fedskel.runtime.signing import config_dir
 
 

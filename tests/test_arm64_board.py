@@ -1,8 +1,16 @@
-"""An arm64 artifact trains on an emulated arm64 board exactly like the host build of the same model.
+"""A zig-linked arm64 artifact trains on an emulated arm64 board like the host build of the same model.
 
-The board (scripts/arm64_board.sh) is Debian arm64 under qemu-user with the runtime bundle installed: numpy,
-the TVM runtime and fedskel/runtime, nothing else. Building its root the first time takes minutes and needs
-root and network; when that is impossible the test skips and says why. No timings: this is emulation.
+The board (scripts/arm64_board.sh) is Debian bookworm arm64 under qemu-user with the runtime bundle installed:
+numpy, the TVM runtime and fedskel/runtime, nothing else. Building its root the first time takes a minute or
+two and needs root and network; when that is impossible the test skips and says why. No timings: this is
+emulation.
+
+Both libraries run the same TIR kernels, float32 operations in the same order; they can differ only where
+LLVM's instruction selection fuses a multiply and an add into one FMA on one ISA and not on the other (TVM lets
+LLVM fuse; an x86 host without FMA never does). That is one rounding per fused pair, ~1e-7 of the value, so
+the bound is 1e-5 of each tensor's largest entry: far above such differences, far below a real bug (the
+skeleton mask is checked on its own). Measured on a znver3 host (AVX2 + FMA): bit-identical, every tensor of
+both models.
 """
 
 import os
@@ -12,9 +20,8 @@ import sys
 import numpy as np
 import pytest
 
+from fedskel.runtime.artifact import read_artifact
 from fedskel.targets.bundle import write_runtime_bundle
-
-from conftest import require_toolchain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOARD = os.path.join(REPO, "scripts", "arm64_board.sh")
@@ -30,7 +37,6 @@ def board(*args, root=None):
 
 @pytest.fixture(scope="module")
 def arm64_board(tmp_path_factory):
-    require_toolchain("arm64")
     built = board("root")
     if built.returncode != 0:
         pytest.skip(f"cannot build the arm64 board root: {built.stderr.strip().splitlines()[-1]}")
@@ -40,16 +46,22 @@ def arm64_board(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_arm64_gradients_and_steps_match_the_host_build(arm64_board, artifact, tmp_path):
+@pytest.mark.parametrize("model, input_shape", [("lenet5", (1, 28, 28)), ("resnet8", (3, 32, 32))])
+def test_arm64_gradients_and_steps_match_the_host_build(arm64_board, artifact, tmp_path, model, input_shape):
+    paths = {"host": artifact(model, ratio=0.25, batch_size=4),
+             "arm64": artifact(model, ratio=0.25, batch_size=4, target="arm64", cc="zig")}
+    manifest = read_artifact(paths["arm64"])[0]
+    assert manifest["linker"]["name"] == "zig"
     rng = np.random.default_rng(0)
+    skeleton = {layer["weight"]: np.sort(rng.choice(layer["out_channels"], layer["k"], replace=False))
+                for layer in manifest["conv_layers"]}
     inputs = tmp_path / "inputs.npz"
-    np.savez(inputs, x=rng.standard_normal((4, 1, 28, 28)).astype(np.float32), y=np.array([0, 1, 2, 3]),
-             **{"skeleton/0.weight": np.array([1, 4, 8, 13, 19]), "skeleton/3.weight": np.arange(0, 50, 4)[:13]})
+    np.savez(inputs, x=rng.standard_normal((4, *input_shape)).astype(np.float32), y=np.array([0, 1, 2, 3]),
+             **{f"skeleton/{name}": indices for name, indices in skeleton.items()})
     runs = {}
     for target, command in (("host", [sys.executable]), ("arm64", ["bash", BOARD, "python"])):
-        path = artifact("lenet5", ratio=0.25, batch_size=4, target=target)
         out = tmp_path / f"{target}.npz"
-        result = subprocess.run([*command, BOARD_TRAIN, path, inputs, out], capture_output=True, text=True)
+        result = subprocess.run([*command, BOARD_TRAIN, paths[target], inputs, out], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
         runs[target] = np.load(out)
     host, arm = runs["host"], runs["arm64"]
@@ -60,8 +72,10 @@ def test_arm64_gradients_and_steps_match_the_host_build(arm64_board, artifact, t
             scale = max(np.abs(host[name]).max(), 1e-6)
             assert np.abs(arm[name] - host[name]).max() <= 1e-5 * scale, name
     # the skeleton run really is restricted: CONV filters outside the skeleton get no gradient
-    outside = np.setdiff1d(np.arange(20), [1, 4, 8, 13, 19])
-    assert np.abs(arm["skeleton/0.weight"][outside]).max() == 0 < np.abs(arm["full/0.weight"][outside]).max()
+    for layer in manifest["conv_layers"]:
+        weight = layer["weight"]
+        outside = np.setdiff1d(np.arange(layer["out_channels"]), skeleton[weight])
+        assert np.abs(arm[f"skeleton/{weight}"][outside]).max() == 0 < np.abs(arm[f"full/{weight}"][outside]).max(), weight
     assert host["losses"][2] < host["losses"][0]
 
 

@@ -34,6 +34,7 @@ def test_compile_zoo_model_to_a_self_describing_artifact(tmp_path):
         {"weight": "3.weight", "bias": "3.bias", "out_channels": 50, "k": 13},
     ]
     assert manifest["target"]["name"] == "host" and manifest["tvm_version"].startswith("0.27")
+    assert f"(linked by {manifest['linker']['name']} {manifest['linker']['version']})" in result.stdout
     assert [p["name"] for p in manifest["params"]] == ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias", "9.weight", "9.bias"]
 
     trainer = load(out)

@@ -29,6 +29,7 @@ def test_bundle_is_the_runtime_and_its_pins(tmp_path):
         "numpy>=1.26",
         f"apache-tvm=={importlib.metadata.version('apache-tvm')}",
         f"apache-tvm-ffi=={importlib.metadata.version('apache-tvm-ffi')}",
+        f"cryptography=={importlib.metadata.version('cryptography')}",
     ]
 
 
