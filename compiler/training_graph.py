@@ -20,7 +20,7 @@ from tvm.relax.training import AppendLoss
 from tvm.relax.training.loss import CrossEntropyLoss
 from tvm.relax.utils import copy_with_new_vars
 
-from . import conv_gradient  # noqa: F401  (registers the corrected conv2d gradient)
+from . import conv_gradient, gradients  # noqa: F401  (register the corrected and missing gradient rules)
 from .conv_layers import find_conv_layers
 from .errors import CompileError
 from .skeleton_pass import SkeletonizeConvBackward
