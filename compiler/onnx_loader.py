@@ -13,16 +13,17 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import CompileError
+from .onnx_folding import fold_constants
 
 # Ops whose imported Relax form has a gradient (checked against torch in tests/), plus shape plumbing that
 # the importer folds away at compile time.
 TRAINABLE_OPS = {
     "Conv", "BatchNormalization", "Gemm", "MatMul",
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh",
-    "MaxPool", "AveragePool", "GlobalAveragePool",
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean",
     "Add", "Sub", "Mul", "Div",
-    "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat",
-    "Identity", "Constant", "Shape", "Gather", "Dropout",
+    "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split", "Pad", "Cast",
+    "Identity", "Constant", "ConstantOfShape", "Shape", "Gather", "Dropout",
 }
 BN_DEFAULT_MOMENTUM = 0.9  # ONNX's default weight of the running value
 # The model's compute type is its input's: float32 for devices, float64 where gradients are checked to
@@ -54,6 +55,7 @@ def load_onnx(path, batch_size=None, num_classes=None, name=None):
     input_shape = _fix_batch(path, input_value, batch_size)
     classes = _num_classes(path, graph, num_classes)
     _fold_integer_initializers(graph)
+    fold_constants(model)
     state_names = _bn_training_mode(graph)
     initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     _check_initializer_types(path, initializers, dtype)
@@ -222,10 +224,10 @@ def _check_initializer_types(path, initializers, dtype):
 
 
 def _import(path, model, dtype):
-    from tvm.relax.frontend.onnx import from_onnx
+    from .onnx_import import import_onnx
 
     try:
-        return from_onnx(model, dtype_dict=dtype, keep_params_in_input=True)
+        return import_onnx(model, dtype)
     except Exception as exc:
         raise CompileError(f"{path}: TVM's ONNX importer failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
