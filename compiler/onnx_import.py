@@ -2,16 +2,17 @@
 
 TVM 0.27 imports ONNX Clip and Pad as ``call_tir`` of TOPI kernels, through which no gradient can pass.
 Here they become ``relax.clip`` and ``relax.nn.pad``, whose gradients compiler/gradients/ registers.
-HardSigmoid keeps torch's exact slope (see _exact_fraction).  Every other op goes through TVM's own
-converter.
+HardSigmoid keeps torch's exact slope (onnx_floats.py; torch's own float64 backward multiplies by the
+float32 1/6, ``1.0f / 6.0f``, 3e-8 from the derivative of its forward).  Every other op goes through TVM's
+own converter.
 """
-
-from fractions import Fraction
 
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, get_constant
+
+from .onnx_floats import intended_value
 
 
 def _constant(expr, params, what):
@@ -53,19 +54,10 @@ def _pad(inputs, attrs, params):
     return relax.op.nn.pad(data, width, "constant", value)
 
 
-def _exact_fraction(value):
-    """ONNX float attributes are float32: torch's HardSigmoid slope 1/6 arrives as 0.16666667163.  A value
-    that is the float32 rounding of a fraction with a small denominator is taken as that fraction, so a
-    float64 model's forward computes what torch's does.  (torch's own float64 backward multiplies by the
-    float32 1/6, ``1.0f / 6.0f``: its HardSigmoid gradients are 3e-8 from the derivative of its forward.)"""
-    fraction = Fraction(value).limit_denominator(1000)
-    return float(fraction) if np.float32(fraction) == np.float32(value) else value
-
-
 def _hard_sigmoid(inputs, attrs, params):
     x = inputs[0]
     dtype = x.ty.dtype
-    alpha, beta = (relax.const(_exact_fraction(attrs.get(k, d)), dtype) for k, d in (("alpha", 0.2), ("beta", 0.5)))
+    alpha, beta = (relax.const(intended_value(attrs.get(k, d)), dtype) for k, d in (("alpha", 0.2), ("beta", 0.5)))
     return relax.op.clip(relax.op.add(relax.op.multiply(alpha, x), beta), 0.0, 1.0)
 
 

@@ -12,7 +12,7 @@ from fedskel.targets import get_target
 from .build import build_library
 from .errors import CompileError
 from .onnx_loader import load_onnx
-from .training_graph import FUNCTION_ARGS, build_training_module
+from .training_graph import build_training_module
 from .tuning import apply_database
 from .zoo import ZOO, export_zoo_onnx
 
@@ -72,7 +72,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
         "conv_layers": training.conv_layers,
         "ratio": ratio,
         "optimizer": optimizer,
-        "functions": FUNCTION_ARGS,
+        "functions": training.function_args,
         "target": {
             "name": target_spec.name,
             "tvm_target": target_spec.tvm_target,

@@ -8,7 +8,9 @@ Functions of the module (all public, called by name by the runtime; argument ord
   one int64 index vector of static length k per CONV layer;
 - ``train_step`` / ``train_step_skel``: one SGD step (momentum, weight decay as in torch.optim.SGD) ->
   (loss, *new_params, *new_states, *new_velocities, *importance).
-Every float32 reduction in them accumulates in float64 (wide_accumulation.py).
+A model with Dropout gets one more input in its train-mode functions, ``dropout_seed`` (int64 scalar,
+dropout.py); models without keep the signatures of FUNCTION_ARGS, so their artifacts and callers are
+unchanged.  Every float32 reduction in them accumulates in float64 (wide_accumulation.py).
 """
 
 import math
@@ -22,6 +24,7 @@ from tvm.relax.utils import copy_with_new_vars
 
 from . import conv_gradient, gradients  # noqa: F401  (register the corrected and missing gradient rules)
 from .conv_layers import find_conv_layers
+from .dropout import SEED_NAME, has_dropout, inference_dropout, training_dropout
 from .errors import CompileError
 from .skeleton_pass import SkeletonizeConvBackward
 from .wide_accumulation import WidenReductionAccumulators
@@ -36,10 +39,25 @@ FUNCTION_ARGS = {
 }
 
 
+
+
+def function_args(dropout):
+    """FUNCTION_ARGS, with ``dropout_seed`` in the train-mode functions of a model with Dropout."""
+    if not dropout:
+        return FUNCTION_ARGS
+    args = {}
+    for name, names in FUNCTION_ARGS.items():
+        after = "velocities" if name.startswith("train_step") else "states"
+        at = names.index(after) + 1
+        args[name] = names if name == "predict" else [*names[:at], SEED_NAME, *names[at:]]
+    return args
+
+
 @dataclass
 class TrainingModule:
     module: tvm.IRModule
     conv_layers: list  # [{"weight", "bias", "out_channels", "k"}] in graph order
+    function_args: dict  # function name -> its argument groups (the manifest's "functions")
 
 
 def skeleton_size(ratio, out_channels):
@@ -65,8 +83,10 @@ def build_training_module(imported, ratio):
         for layer in layers
     ]
 
-    module = tvm.IRModule({"forward_train": _with_importance(forward, layers)})
-    module["predict"] = _inference_mode(copy_with_new_vars(forward))
+    dropout = has_dropout(forward)
+    forward_train = _with_importance(forward, layers)
+    module = tvm.IRModule({"forward_train": training_dropout(forward_train) if dropout else forward_train})
+    module["predict"] = inference_dropout(_inference_mode(copy_with_new_vars(forward)))
     module = _append_loss(module, len(imported.state_names) + len(layers))
     module = relax.transform.DecomposeOpsForTraining("loss")(module)
     loss = module["loss"]
@@ -78,8 +98,8 @@ def build_training_module(imported, ratio):
     functions["gradients"] = functions.pop("loss_adjoint")
     module = SkeletonizeConvBackward([layer["k"] for layer in conv_layers], num_params)(_module_of(functions))
     for name in ("gradients", "gradients_skel"):
-        module = _add_sgd_step(module, name, num_params, len(imported.state_names), len(layers))
-    return TrainingModule(WidenReductionAccumulators()(module), conv_layers)
+        module = _add_sgd_step(module, name, num_params, len(imported.state_names), len(layers), int(dropout))
+    return TrainingModule(WidenReductionAccumulators()(module), conv_layers, function_args(dropout))
 
 
 def _returned_fields(func):
@@ -144,7 +164,7 @@ def _module_of(functions):
     return bb.get()
 
 
-def _add_sgd_step(module, grad_name, num_params, num_states, num_layers):
+def _add_sgd_step(module, grad_name, num_params, num_states, num_layers, num_seeds):
     """One torch-style SGD step around a gradient function: g += wd*p; v = m*v + g; p -= lr*v."""
     grad_func = module[grad_name]
     grad_params = list(grad_func.params)
@@ -152,16 +172,17 @@ def _add_sgd_step(module, grad_name, num_params, num_states, num_layers):
     x = fresh[0]
     params = fresh[1 : 1 + num_params]
     states = fresh[1 + num_params : 1 + num_params + num_states]
-    labels = fresh[1 + num_params + num_states]
-    skeleton = fresh[2 + num_params + num_states :]
+    seeds = fresh[1 + num_params + num_states : 1 + num_params + num_states + num_seeds]
+    labels = fresh[1 + num_params + num_states + num_seeds]
+    skeleton = fresh[2 + num_params + num_states + num_seeds :]
     scalar = relax.TensorType((), x.ty.dtype)
     lr, momentum, weight_decay = (relax.Var(n, scalar) for n in ("lr", "momentum", "weight_decay"))
     velocities = [relax.Var(f"v_{p.name}", p.ty) for p in params]
     name = "train_step" + grad_name[len("gradients"):]
     bb = relax.BlockBuilder(module)
-    with bb.function(name, [x, labels, lr, momentum, weight_decay, *params, *states, *velocities, *skeleton]):
+    with bb.function(name, [x, labels, lr, momentum, weight_decay, *params, *states, *velocities, *seeds, *skeleton]):
         with bb.dataflow():
-            result = bb.emit(relax.Call(module.get_global_var(grad_name), [x, *params, *states, labels, *skeleton]))
+            result = bb.emit(relax.Call(module.get_global_var(grad_name), [x, *params, *states, *seeds, labels, *skeleton]))
             outputs = bb.emit(relax.TupleGetItem(result, 0))
             grads = bb.emit(relax.TupleGetItem(result, 1))
             new_params, new_velocities = [], []
