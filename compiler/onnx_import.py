@@ -7,6 +7,9 @@ float32 1/6, ``1.0f / 6.0f``, 3e-8 from the derivative of its forward).  Every o
 own converter.
 """
 
+import contextlib
+import io
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -64,15 +67,31 @@ def _hard_sigmoid(inputs, attrs, params):
 CONVERTERS = {"Clip": _clip, "Pad": _pad, "HardSigmoid": _hard_sigmoid}
 
 
+class NodeImportError(Exception):
+    """A node the importer could not convert: its op, its name, and what went wrong."""
+
+    def __init__(self, op_name, node_name, cause):
+        super().__init__(f"{op_name} node {node_name}: {cause}")
+        self.op_name, self.node_name, self.cause = op_name, node_name, cause
+
+
 class _TrainingImporter(ONNXGraphImporter):
     def _convert_operator(self, op_name, inputs, attrs, opset):
-        convert = CONVERTERS.get(op_name)
-        if convert is None:
-            return super()._convert_operator(op_name, inputs, attrs, opset)
-        return self.bb.normalize(convert(inputs, attrs, [self._nodes, self._params]))
+        try:
+            convert = CONVERTERS.get(op_name)
+            if convert is None:
+                return super()._convert_operator(op_name, inputs, attrs, opset)
+            return self.bb.normalize(convert(inputs, attrs, [self._nodes, self._params]))
+        except Exception as exc:
+            raise NodeImportError(op_name, attrs.get("tvm_custom", {}).get("name", "?"), exc) from None
 
 
 def import_onnx(model, dtype):
-    """The Relax module of a checked ONNX model, initializers kept as function parameters."""
+    """The Relax module of a checked ONNX model, initializers kept as function parameters.
+
+    Raises NodeImportError.  (TVM's importer also prints every failing node's inputs to stdout; that
+    text is swallowed, the error says what failed.)
+    """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    return _TrainingImporter(None, dtype, keep_params_in_input=True).from_onnx(model.graph, opset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _TrainingImporter(None, dtype, keep_params_in_input=True).from_onnx(model.graph, opset)

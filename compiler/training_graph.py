@@ -25,7 +25,7 @@ from tvm.relax.utils import copy_with_new_vars
 from . import conv_gradient, gradients  # noqa: F401  (register the corrected and missing gradient rules)
 from .conv_layers import find_conv_layers
 from .dropout import SEED_NAME, has_dropout, inference_dropout, training_dropout
-from .errors import CompileError
+from .errors import CompileError, tvm_reason
 from .skeleton_pass import SkeletonizeConvBackward
 from .wide_accumulation import WidenReductionAccumulators
 
@@ -93,13 +93,26 @@ def build_training_module(imported, ratio):
     try:
         module = relax.transform.Gradient("loss", require_grads=list(loss.params[1 : 1 + num_params]))(module)
     except (RuntimeError, ValueError) as exc:  # TVM 0.27 raises built-in exception types
-        raise CompileError(f"cannot differentiate {imported.name}: {str(exc).splitlines()[-1]}") from None
+        reason = tvm_reason(exc) or f"TVM's Gradient pass failed; ops without a gradient rule: {', '.join(_ungraded_ops(loss)) or 'none'}"
+        raise CompileError(f"cannot differentiate {imported.name}: {reason}") from None
     functions = {gvar.name_hint: func for gvar, func in module.functions.items() if gvar.name_hint != "loss"}
     functions["gradients"] = functions.pop("loss_adjoint")
     module = SkeletonizeConvBackward([layer["k"] for layer in conv_layers], num_params)(_module_of(functions))
     for name in ("gradients", "gradients_skel"):
         module = _add_sgd_step(module, name, num_params, len(imported.state_names), len(layers), int(dropout))
     return TrainingModule(WidenReductionAccumulators()(module), conv_layers, function_args(dropout))
+
+
+def _ungraded_ops(func):
+    """The Relax ops in ``func`` that have no registered gradient (the likely cause of a failed pass)."""
+    names = set()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.get_attr("FPrimalGradient") is None:
+            names.add(expr.op.name)
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return sorted(names)
 
 
 def _returned_fields(func):
