@@ -13,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import CompileError, tvm_reason
+from .onnx_floats import intended_value
 from .onnx_folding import fold_constants
 
 # Ops whose imported Relax form has a gradient (checked against torch in tests/), plus shape plumbing that
@@ -220,7 +221,7 @@ def _bn_training_mode(graph):
         momentum = BN_DEFAULT_MOMENTUM
         for attribute in list(node.attribute):
             if attribute.name == "momentum":
-                momentum = attribute.f
+                momentum = intended_value(attribute.f)  # float32 in ONNX: 0.9 arrives as 0.89999998
             if attribute.name in ("momentum", "training_mode"):
                 node.attribute.remove(attribute)
         node.attribute.extend([helper.make_attribute("momentum", 1.0 - momentum), helper.make_attribute("training_mode", 1)])

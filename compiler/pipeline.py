@@ -9,6 +9,7 @@ import tvm
 from fedskel.runtime.artifact import LIBRARY, PARAMS, pack_arrays, write_artifact
 from fedskel.targets import get_target
 
+from .batch_norm_stats import CONVENTION as BN_RUNNING_VAR
 from .build import build_library
 from .errors import CompileError
 from .onnx_loader import load_onnx
@@ -69,6 +70,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
         "num_classes": imported.num_classes,
         "params": [_describe(n, imported.initial_values[n]) for n in imported.param_names],
         "states": [_describe(n, imported.initial_values[n]) for n in imported.state_names],
+        "batch_norm_running_var": BN_RUNNING_VAR,
         "conv_layers": training.conv_layers,
         "ratio": ratio,
         "optimizer": optimizer,

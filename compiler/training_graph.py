@@ -23,6 +23,7 @@ from tvm.relax.training.loss import CrossEntropyLoss
 from tvm.relax.utils import copy_with_new_vars
 
 from . import conv_gradient, gradients  # noqa: F401  (register the corrected and missing gradient rules)
+from .batch_norm_stats import exact_attributes, unbiased_running_variance
 from .conv_layers import find_conv_layers
 from .dropout import SEED_NAME, has_dropout, inference_dropout, training_dropout
 from .errors import CompileError, tvm_reason
@@ -68,7 +69,7 @@ def skeleton_size(ratio, out_channels):
 def build_training_module(imported, ratio):
     if not 0.0 < ratio <= 1.0:
         raise CompileError(f"skeleton ratio must be in (0, 1], got {ratio}")
-    forward = imported.module["main"]
+    forward = exact_attributes(imported.module["main"])
     num_params = len(imported.param_names)
     params = list(forward.params[1 : 1 + num_params])
     layers = find_conv_layers(forward, params)
@@ -84,7 +85,7 @@ def build_training_module(imported, ratio):
     ]
 
     dropout = has_dropout(forward)
-    forward_train = _with_importance(forward, layers)
+    forward_train = unbiased_running_variance(_with_importance(forward, layers))
     module = tvm.IRModule({"forward_train": training_dropout(forward_train) if dropout else forward_train})
     module["predict"] = inference_dropout(_inference_mode(copy_with_new_vars(forward)))
     module = _append_loss(module, len(imported.state_names) + len(layers))
