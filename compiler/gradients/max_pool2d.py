@@ -2,9 +2,10 @@
 
 TVM's ``max_pool2d_backward`` kernel is wrong for overlapping windows on small maps (k3 s1 p1 on 2x2, k4 s1
 p0 on 6x6) and reads uninitialised memory on some shapes (NaN).  This rule is written with ordinary Relax
-ops whose semantics are simple: the K*K strided views of the padded input, a first-maximum mask per view
-(ties go to the first element of the window in row-major order, as torch does), and a gather that sums,
-for every input element, the output gradients of the windows whose maximum it is.
+ops whose semantics are simple: the K*K strided views (taps) of the input padded with -inf, the argmax
+over the taps (ties go to the first tap of the window in row-major order, as torch does), and a gather
+with a constant table that sums, for every input element, the output gradients of the windows whose
+maximum it is.  (A padded tap can win only where every real element of its window is -inf.)
 """
 
 import numpy as np

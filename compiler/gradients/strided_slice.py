@@ -16,10 +16,10 @@ from ._values import numbers
 
 
 def _strided_slice_grad(orig_var, orig_call, output_grad, ctx):
-    data, axes, begin, end, strides = orig_call.args
+    data, axes, begin, end, *strides = orig_call.args
     shape = static_shape(data)
     out_shape = static_shape(orig_var)
-    steps = numbers(strides) if strides is not None else [1] * len(axes.fields)
+    steps = numbers(strides[0]) if strides else [1] * len(axes.fields)
     dtype = data.ty.dtype
     grad = output_grad
     current = list(out_shape)
