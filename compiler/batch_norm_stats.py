@@ -11,6 +11,7 @@ train, keeps Relax's value.  ONNX keeps epsilon and momentum as float32 (1e-5 is
 import tvm
 from tvm import relax
 
+from .errors import CompileError
 from .onnx_floats import intended_value
 
 CONVENTION = "unbiased"  # what the manifest records for running_var
@@ -23,6 +24,8 @@ class UnbiasedRunningVariance(relax.PyExprMutator):
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.batch_norm" and call.attrs.training):
             return call
         data = call.args[0]
+        if data.ty.shape is None:
+            raise CompileError("a BatchNormalization input has no static shape (a shape computed from the data?)")
         shape = [int(d) for d in data.ty.shape]
         axis = int(call.attrs.axis) % len(shape)
         axes = [a for a in range(len(shape)) if a != axis]

@@ -15,7 +15,7 @@ RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUnifor
 
 
 def _static_shapes(model):
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     graph = inferred.graph
     shapes = {}
     for value in [*graph.input, *graph.value_info, *graph.output]:
@@ -26,8 +26,18 @@ def _static_shapes(model):
 
 
 def fold_constants(model):
-    """Replace, in place, every data-independent node of ``model.graph`` by Constant nodes."""
+    """Replace, in place, every data-independent node of ``model.graph`` by Constant nodes.
+
+    A folded Reshape target can make the next tensor's shape static: repeat until nothing folds.
+    """
+    while _fold_once(model):
+        pass
+
+
+def _fold_once(model):
+    """One pass of fold_constants; whether it folded anything."""
     graph = model.graph
+    folded = False
     opsets = {o.domain or "": o.version for o in model.opset_import}
     shapes = _static_shapes(model)
     known = {}
@@ -48,6 +58,7 @@ def fold_constants(model):
             nodes.append(node)
             continue
         values = ReferenceEvaluator(node, opsets=opsets).run(None, feeds)
+        folded = True
         for name, value in zip(node.output, values):
             known[name] = np.asarray(value)
             nodes.append(helper.make_node("Constant", [], [name], name=f"{node.name or name}__folded",
@@ -55,3 +66,4 @@ def fold_constants(model):
     used = {name for node in nodes for name in node.input} | {output.name for output in graph.output}
     del graph.node[:]
     graph.node.extend(n for n in nodes if n.op_type != "Constant" or n.output[0] in used)
+    return folded

@@ -47,6 +47,27 @@ class FixedMask(torch.nn.Module):
         return x * self.mask
 
 
+def with_dropout_masks(module, x, seed):
+    """``module`` with its Dropouts, numbered in the order they run on ``x``, multiplying by the masks
+    the compiled model draws from ``seed``."""
+    order, handles = [], []
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.Dropout):
+            handles.append(sub.register_forward_hook(lambda m, i, o, key=name: order.append((key, tuple(i[0].shape), m.p))))
+    training = module.training
+    with torch.no_grad():  # in eval mode: the dry run must not move BatchNorm's running statistics
+        module.eval()(torch.from_numpy(x))
+    module.train(training)
+    for handle in handles:
+        handle.remove()
+    for layer, (name, shape, rate) in enumerate(order):
+        parent, _, child = name.rpartition(".")
+        fixed = FixedMask()
+        fixed.mask = torch.from_numpy(numpy_mask(seed, layer, shape, rate))
+        setattr(module.get_submodule(parent) if parent else module, child, fixed)
+    return module
+
+
 def network(rates):
     torch.manual_seed(0)
     return torch.nn.Sequential(
@@ -64,18 +85,7 @@ def compiled(tmp_path, module, ratio=0.5):
     return load(tmp_path / "dropout.fsk")
 
 
-def with_fixed_masks(module, seed, shapes, rates):
-    """The torch network, each Dropout replaced by the numpy mask of ``seed``."""
-    masked = network(rates).double()
-    masked.load_state_dict(module.state_dict())
-    for layer, (index, shape) in enumerate(zip((2, 5), shapes)):
-        masked[index] = FixedMask()
-        masked[index].mask = torch.from_numpy(numpy_mask(seed, layer, shape, rates[layer]))
-    return masked
-
-
 RATES = (0.3, 0.5)
-SHAPES = [(4, 6, 6, 6), (4, 64)]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +103,8 @@ def test_training_functions_take_a_seed_only_with_dropout(dropout_trainer, artif
 
 @pytest.mark.parametrize("seed", [0, 12345, 2**40 + 7])
 def test_gradients_equal_torch_with_the_mask_of_the_seed(dropout_trainer, seed):
-    reference = with_fixed_masks(network(RATES).double(), seed, SHAPES, RATES).train()
     x, y = random_batch(dropout_trainer)
+    reference = with_dropout_masks(network(RATES).double(), x, seed).train()
     _, want = torch_gradients(reference, nn_conv_outputs, x, y)
     assert_grads_close(dropout_trainer.gradients(x, y, seed=seed), want, FLOAT64_TOLERANCE)
     skeleton = random_skeleton(dropout_trainer)
