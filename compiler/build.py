@@ -7,7 +7,7 @@ import tvm
 
 from fedskel.targets import TargetError, choose_linker
 
-from .errors import CompileError
+from .errors import CompileError, tvm_reason
 
 
 def resolve_linker(target_spec, cc=None):
@@ -27,7 +27,7 @@ def compile_executable(module, target_spec):
     try:
         return tvm.compile(module, target=target, relax_pipeline=target_spec.relax_pipeline(target))
     except (RuntimeError, ValueError) as exc:  # TVM 0.27 raises Python built-ins (there is no tvm.TVMError)
-        raise CompileError(f"TVM failed to build for target {target_spec.name}: {str(exc).splitlines()[-1]}") from None
+        raise CompileError(f"TVM failed to build for target {target_spec.name}: {tvm_reason(exc) or 'an internal error'}") from None
 
 
 def build_library(module, target_spec, linker):

@@ -7,6 +7,8 @@ from fedskel.targets import TargetError, available, get_target
 
 from .errors import CompileError
 from .pipeline import DEFAULT_OPTIMIZER, compile_model
+from .torchvision_zoo import MODELS as TORCHVISION_MODELS
+from .torchvision_zoo import PREFIX as TORCHVISION_PREFIX
 from .zoo import ZOO
 
 
@@ -15,12 +17,13 @@ def _parser():
         prog="fedskel-compile",
         description="Compile a CNN into a FedSkel training artifact (forward, loss, full and skeleton backward, SGD).",
     )
-    parser.add_argument("model", nargs="?", help=f"a zoo model ({', '.join(ZOO)}) or an ONNX file")
+    parser.add_argument("model", nargs="?", help=f"a zoo model ({', '.join(ZOO)}), torchvision:NAME or an ONNX file")
     parser.add_argument("-o", "--output", help="artifact path (default: MODEL-TARGET.fsk)")
     parser.add_argument("--target", default="host", help="named target, cuda:sm_XX, or a TVM target as JSON (see --list-targets)")
     parser.add_argument("--ratio", type=float, default=0.1, help="skeleton ratio r in (0, 1]; k = ceil(r * Cout)")
     parser.add_argument("--batch-size", type=int, help="fixes a symbolic batch (zoo default 32)")
-    parser.add_argument("--num-classes", type=int, help="when the output shape does not say")
+    parser.add_argument("--num-classes", type=int, help="when the output shape does not say (torchvision: default 1000)")
+    parser.add_argument("--input-shape", type=_shape, help="CxHxW of a torchvision model (default 3x224x224)")
     for key, value in DEFAULT_OPTIMIZER.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=value, help=f"SGD {key} (default {value})")
     parser.add_argument("--seed", type=int, default=0, help="initial weights of zoo models")
@@ -30,7 +33,18 @@ def _parser():
     parser.add_argument("--cc", metavar="COMMAND", help="what links the library: a compiler on PATH (e.g. aarch64-linux-gnu-gcc), "
                         "or zig (the pip-installed one); default: the target's cross gcc if installed, else zig")
     parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
+    parser.add_argument("--list-models", action="store_true", help="list the zoo and torchvision models and exit")
     return parser
+
+
+def _shape(text):
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"input shape must be CxHxW with positive sizes, got {text!r}")
+    return shape
 
 
 def main(argv=None):
@@ -40,6 +54,12 @@ def main(argv=None):
             print(f"{name:16s} {spec.machine:8s} {spec.device:5s} {spec.description}")
         print('also: cuda:sm_XX (another GPU arch), or a TVM target as JSON: \'{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}\'')
         return 0
+    if args.list_models:
+        for name, entry in ZOO.items():
+            print(f"{name:30s} {'x'.join(map(str, entry.input_shape)):10s} {entry.description}")
+        for name in TORCHVISION_MODELS:
+            print(f"{TORCHVISION_PREFIX + name:30s} {'--input-shape':10s} torchvision's builder, random weights")
+        return 0
     if args.model is None:
         _parser().error("a model is required")
     try:
@@ -47,13 +67,13 @@ def main(argv=None):
     except TargetError as exc:
         print(f"fedskel-compile: error: {exc}", file=sys.stderr)
         return 2
-    output = args.output or f"{args.model.rsplit('/', 1)[-1].removesuffix('.onnx')}-{target_name}.fsk"
+    output = args.output or f"{args.model.rsplit('/', 1)[-1].removesuffix('.onnx').replace(':', '-')}-{target_name}.fsk"
     optimizer = {key: getattr(args, key) for key in DEFAULT_OPTIMIZER}
     try:
         manifest = compile_model(
             args.model, output, target=args.target, ratio=args.ratio, batch_size=args.batch_size,
             num_classes=args.num_classes, optimizer=optimizer, seed=args.seed, tuning_db=args.tuning_db,
-            sign_key=args.sign_key, cc=args.cc,
+            sign_key=args.sign_key, cc=args.cc, input_shape=args.input_shape,
         )
     except CompileError as exc:
         print(f"fedskel-compile: error: {exc}", file=sys.stderr)

@@ -12,18 +12,21 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import CompileError
+from .errors import CompileError, tvm_reason
+from .onnx_floats import intended_value
+from .onnx_folding import fold_constants
 
 # Ops whose imported Relax form has a gradient (checked against torch in tests/), plus shape plumbing that
 # the importer folds away at compile time.
 TRAINABLE_OPS = {
     "Conv", "BatchNormalization", "Gemm", "MatMul",
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh",
-    "MaxPool", "AveragePool", "GlobalAveragePool",
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean",
     "Add", "Sub", "Mul", "Div",
-    "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat",
-    "Identity", "Constant", "Shape", "Gather", "Dropout",
+    "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split", "Pad", "Cast",
+    "Identity", "Constant", "ConstantOfShape", "Shape", "Gather", "Dropout",
 }
+MAX_NAMES_SHOWN = 5  # node names listed per unsupported op
 BN_DEFAULT_MOMENTUM = 0.9  # ONNX's default weight of the running value
 # The model's compute type is its input's: float32 for devices, float64 where gradients are checked to
 # rounding level (ill-conditioned deep BatchNorm nets, tests/test_compiler_gradients.py).
@@ -54,6 +57,7 @@ def load_onnx(path, batch_size=None, num_classes=None, name=None):
     input_shape = _fix_batch(path, input_value, batch_size)
     classes = _num_classes(path, graph, num_classes)
     _fold_integer_initializers(graph)
+    fold_constants(model)
     state_names = _bn_training_mode(graph)
     initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     _check_initializer_types(path, initializers, dtype)
@@ -90,18 +94,40 @@ def _read(path):
 
 
 def _check_ops(path, graph):
+    """Refuse, all at once, every node whose op (or form of an op) the training pipeline cannot train."""
+    unsupported, problems = {}, []
     for index, node in enumerate(graph.node):
+        label = node.name or f"#{index}"
         if node.domain not in ("", "ai.onnx") or node.op_type not in TRAINABLE_OPS:
-            label = node.name or f"#{index}"
-            raise CompileError(
-                f"{path}: node {label} uses op {node.domain + '.' if node.domain else ''}{node.op_type}, "
-                f"which the training pipeline does not support (supported: {', '.join(sorted(TRAINABLE_OPS))})"
-            )
-        if node.op_type == "Conv" and helper.get_attribute_value(_attr(node, "auto_pad", b"NOTSET")) not in (
-            b"NOTSET",
-            "NOTSET",
-        ):
-            raise CompileError(f"{path}: node {node.name}: Conv auto_pad is not supported; export explicit pads")
+            unsupported.setdefault(f"{node.domain + '.' if node.domain else ''}{node.op_type}", []).append(label)
+        elif (problem := _unsupported_form(node)) is not None:
+            problems.append(f"node {label} ({node.op_type}): {problem}")
+    if not unsupported and not problems:
+        return
+    lines = []
+    if unsupported:
+        count = sum(len(names) for names in unsupported.values())
+        lines.append(f"{count} node{'s' if count > 1 else ''} use{'' if count > 1 else 's'} ops the training pipeline does not support:")
+        for op, names in sorted(unsupported.items(), key=lambda item: (-len(item[1]), item[0])):
+            shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (f", ... ({len(names) - MAX_NAMES_SHOWN} more)" if len(names) > MAX_NAMES_SHOWN else "")
+            lines.append(f"  {op} x{len(names)}: {shown}")
+        lines.append(f"  (supported: {', '.join(sorted(TRAINABLE_OPS))})")
+    lines += [f"{problem}" for problem in problems]
+    raise CompileError(f"{path}: " + "\n".join(lines))
+
+
+def _unsupported_form(node):
+    """Why a node of a supported op still cannot be trained, or None."""
+    if node.op_type == "Conv" and _text(_attr(node, "auto_pad", b"NOTSET")) != "NOTSET":
+        return "auto_pad is not supported; export explicit pads"
+    if node.op_type == "Pad" and _text(_attr(node, "mode", b"constant")) != "constant":
+        return f"mode {_text(_attr(node, 'mode', b'constant'))} is not supported (constant only)"
+    return None
+
+
+def _text(attribute):
+    value = helper.get_attribute_value(attribute)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _attr(node, name, default):
@@ -195,7 +221,7 @@ def _bn_training_mode(graph):
         momentum = BN_DEFAULT_MOMENTUM
         for attribute in list(node.attribute):
             if attribute.name == "momentum":
-                momentum = attribute.f
+                momentum = intended_value(attribute.f)  # float32 in ONNX: 0.9 arrives as 0.89999998
             if attribute.name in ("momentum", "training_mode"):
                 node.attribute.remove(attribute)
         node.attribute.extend([helper.make_attribute("momentum", 1.0 - momentum), helper.make_attribute("training_mode", 1)])
@@ -222,12 +248,16 @@ def _check_initializer_types(path, initializers, dtype):
 
 
 def _import(path, model, dtype):
-    from tvm.relax.frontend.onnx import from_onnx
+    from .onnx_import import NodeImportError, import_onnx
 
     try:
-        return from_onnx(model, dtype_dict=dtype, keep_params_in_input=True)
+        return import_onnx(model, dtype)
+    except NodeImportError as exc:
+        reason = tvm_reason(exc.cause) or "TVM's ONNX importer failed on it (an internal error)"
+        raise CompileError(f"{path}: cannot import {exc.op_name} node {exc.node_name}: {reason}") from None
     except Exception as exc:
-        raise CompileError(f"{path}: TVM's ONNX importer failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        reason = tvm_reason(exc) or "an internal error"
+        raise CompileError(f"{path}: TVM's ONNX importer failed: {reason}") from None
 
 
 def _check_signature(path, func, input_shape, names, initializers):

@@ -8,22 +8,35 @@ import numpy as np
 import tvm
 
 from fedskel.runtime.artifact import LIBRARY, PARAMS, ArtifactError, pack_arrays, write_artifact
-from fedskel.runtime.manifest import CALLING_CONVENTION
 from fedskel.runtime.signing import default_signing_key, load_signing_key
 from fedskel.targets import get_target
 
+from .batch_norm_stats import CONVENTION as BN_RUNNING_VAR
 from .build import build_library, resolve_linker
 from .errors import CompileError
 from .onnx_loader import load_onnx
 from .training_graph import build_training_module
 from .tuning import apply_database
+from .torchvision_zoo import PREFIX as TORCHVISION_PREFIX
+from .torchvision_zoo import export_torchvision_onnx
 from .zoo import ZOO, export_zoo_onnx
 
 DEFAULT_OPTIMIZER = {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.0}
 
 
-def resolve_model(model, batch_size, workdir, seed=0):
-    """A zoo name is exported to ONNX in ``workdir``; anything else is taken as an ONNX path."""
+TORCHVISION_DEFAULTS = {"num_classes": 1000, "input_shape": (3, 224, 224)}  # torchvision's own
+
+
+def resolve_model(model, batch_size, workdir, seed=0, num_classes=None, input_shape=None):
+    """A zoo or ``torchvision:`` name is exported to ONNX in ``workdir``; anything else is an ONNX path."""
+    if model.startswith(TORCHVISION_PREFIX):
+        name = model[len(TORCHVISION_PREFIX):]
+        path = os.path.join(workdir, f"{name}.onnx")
+        export_torchvision_onnx(name, num_classes or TORCHVISION_DEFAULTS["num_classes"],
+                                input_shape or TORCHVISION_DEFAULTS["input_shape"], batch_size or 32, path, seed)
+        return path, name, batch_size or 32
+    if input_shape is not None:
+        raise CompileError("--input-shape applies to torchvision: models only (a zoo model or ONNX file fixes its own)")
     if model in ZOO:
         path = os.path.join(workdir, f"{model}.onnx")
         export_zoo_onnx(model, batch_size or 32, path, seed=seed)
@@ -41,26 +54,28 @@ def resolve_target(name):
         raise CompileError(str(exc.args[0])) from None
 
 
-def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, seed=0):
+def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, seed=0, input_shape=None):
     """(imported model, training module): what fedskel-compile builds and fedskel-tune tunes, made the same way."""
     if not 0.0 < ratio <= 1.0:
         raise CompileError(f"skeleton ratio must be in (0, 1], got {ratio}")
     if batch_size is not None and batch_size < 1:
         raise CompileError(f"batch size must be >= 1, got {batch_size}")
     with tempfile.TemporaryDirectory() as workdir:
-        path, zoo_name, batch_size = resolve_model(model, batch_size, workdir, seed)
+        path, zoo_name, batch_size = resolve_model(model, batch_size, workdir, seed, num_classes, input_shape)
         imported = load_onnx(path, batch_size=batch_size, num_classes=num_classes, name=zoo_name)
         return imported, build_training_module(imported, ratio)
 
 
 def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0,
-                  tuning_db=None, sign_key=None, cc=None):
-    """Compile ``model`` (zoo name or ONNX path) into the artifact ``output``; returns the manifest.
+                  tuning_db=None, sign_key=None, cc=None, input_shape=None):
+    """Compile ``model`` (zoo name, ``torchvision:NAME`` or ONNX path) into the artifact ``output``; returns the
+    manifest.
 
     ``tuning_db``: a fedskel-tune database directory whose best schedules the kernels get.
     ``sign_key``: PEM file of the Ed25519 key that signs the artifact (default: this user's key,
     made and trusted on this machine on first use; runtime/signing.py).
     ``cc``: the command that links the library, or "zig" (default: targets/linker.py's choice).
+    ``input_shape``: (C, H, W) of a torchvision model.
     Everything that can be checked before compiling is (output path, optimizer, key).
     """
     check_output_path(output)
@@ -68,7 +83,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
     optimizer = checked_optimizer({**DEFAULT_OPTIMIZER, **(optimizer or {})})
     signing_key = _signing_key(sign_key)
     linker = resolve_linker(target_spec, cc)
-    imported, training = load_training_module(model, ratio, batch_size, num_classes, seed)
+    imported, training = load_training_module(model, ratio, batch_size, num_classes, seed, input_shape)
     module, tuning = apply_database(training.module, target_spec, tuning_db) if tuning_db else (training.module, None)
     library = build_library(module, target_spec, linker)
     manifest = {
@@ -79,10 +94,11 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
         "num_classes": imported.num_classes,
         "params": [_describe(n, imported.initial_values[n]) for n in imported.param_names],
         "states": [_describe(n, imported.initial_values[n]) for n in imported.state_names],
+        "batch_norm_running_var": BN_RUNNING_VAR,
         "conv_layers": training.conv_layers,
         "ratio": ratio,
         "optimizer": optimizer,
-        "functions": CALLING_CONVENTION,  # how the runtime calls the functions build_training_module makes
+        "functions": training.function_args,  # how the runtime calls them (runtime/manifest.calling_convention)
         "target": {
             "name": target_spec.name,
             "tvm_target": target_spec.tvm_target,

@@ -1,6 +1,7 @@
 """Derive the training module from an imported forward: forward, loss, backward, optimizer step.
 
-Functions of the module (all public, called by name by the runtime; argument order in FUNCTION_ARGS):
+Functions of the module (all public, called by name by the runtime; argument order in
+runtime/manifest.calling_convention):
 - ``forward_train``: train-mode forward -> (logits, *new_states, *importance), importance per CONV layer
   being sum over N, H, W of |Y| (FedSkel's metric), so SetSkel gets it from the pass it runs anyway;
 - ``predict``: inference-mode forward (BatchNorm on running statistics) -> (logits, *states);
@@ -8,7 +9,9 @@ Functions of the module (all public, called by name by the runtime; argument ord
   one int64 index vector of static length k per CONV layer;
 - ``train_step`` / ``train_step_skel``: one SGD step (momentum, weight decay as in torch.optim.SGD) ->
   (loss, *new_params, *new_states, *new_velocities, *importance).
-Every float32 reduction in them accumulates in float64 (wide_accumulation.py).
+A model with Dropout gets one more input in its train-mode functions, ``dropout_seed`` (int64 scalar,
+dropout.py); models without keep the plain signatures, so their artifacts and callers are
+unchanged.  Every float32 reduction in them accumulates in float64 (wide_accumulation.py).
 """
 
 import math
@@ -20,26 +23,22 @@ from tvm.relax.training import AppendLoss
 from tvm.relax.training.loss import CrossEntropyLoss
 from tvm.relax.utils import copy_with_new_vars
 
-from . import conv_gradient  # noqa: F401  (registers the corrected conv2d gradient)
+from fedskel.runtime.manifest import calling_convention
+
+from . import conv_gradient, gradients  # noqa: F401  (register the corrected and missing gradient rules)
+from .batch_norm_stats import exact_attributes, unbiased_running_variance
 from .conv_layers import find_conv_layers
-from .errors import CompileError
+from .dropout import has_dropout, inference_dropout, training_dropout
+from .errors import CompileError, tvm_reason
 from .skeleton_pass import SkeletonizeConvBackward
 from .wide_accumulation import WidenReductionAccumulators
-
-FUNCTION_ARGS = {
-    "forward_train": ["input", "params", "states"],
-    "predict": ["input", "params", "states"],
-    "gradients": ["input", "params", "states", "labels"],
-    "gradients_skel": ["input", "params", "states", "labels", "skeleton"],
-    "train_step": ["input", "labels", "lr", "momentum", "weight_decay", "params", "states", "velocities"],
-    "train_step_skel": ["input", "labels", "lr", "momentum", "weight_decay", "params", "states", "velocities", "skeleton"],
-}
 
 
 @dataclass
 class TrainingModule:
     module: tvm.IRModule
     conv_layers: list  # [{"weight", "bias", "out_channels", "k"}] in graph order
+    function_args: dict  # function name -> its argument groups (the manifest's "functions")
 
 
 def skeleton_size(ratio, out_channels):
@@ -50,7 +49,7 @@ def skeleton_size(ratio, out_channels):
 def build_training_module(imported, ratio):
     if not 0.0 < ratio <= 1.0:
         raise CompileError(f"skeleton ratio must be in (0, 1], got {ratio}")
-    forward = imported.module["main"]
+    forward = exact_attributes(imported.module["main"])
     num_params = len(imported.param_names)
     params = list(forward.params[1 : 1 + num_params])
     layers = find_conv_layers(forward, params)
@@ -65,21 +64,36 @@ def build_training_module(imported, ratio):
         for layer in layers
     ]
 
-    module = tvm.IRModule({"forward_train": _with_importance(forward, layers)})
-    module["predict"] = _inference_mode(copy_with_new_vars(forward))
+    dropout = has_dropout(forward)
+    forward_train = unbiased_running_variance(_with_importance(forward, layers))
+    module = tvm.IRModule({"forward_train": training_dropout(forward_train) if dropout else forward_train})
+    module["predict"] = inference_dropout(_inference_mode(copy_with_new_vars(forward)))
     module = _append_loss(module, len(imported.state_names) + len(layers))
     module = relax.transform.DecomposeOpsForTraining("loss")(module)
     loss = module["loss"]
     try:
         module = relax.transform.Gradient("loss", require_grads=list(loss.params[1 : 1 + num_params]))(module)
     except (RuntimeError, ValueError) as exc:  # TVM 0.27 raises built-in exception types
-        raise CompileError(f"cannot differentiate {imported.name}: {str(exc).splitlines()[-1]}") from None
+        reason = tvm_reason(exc) or f"TVM's Gradient pass failed; ops without a gradient rule: {', '.join(_ungraded_ops(loss)) or 'none'}"
+        raise CompileError(f"cannot differentiate {imported.name}: {reason}") from None
     functions = {gvar.name_hint: func for gvar, func in module.functions.items() if gvar.name_hint != "loss"}
     functions["gradients"] = functions.pop("loss_adjoint")
     module = SkeletonizeConvBackward([layer["k"] for layer in conv_layers], num_params)(_module_of(functions))
     for name in ("gradients", "gradients_skel"):
-        module = _add_sgd_step(module, name, num_params, len(imported.state_names), len(layers))
-    return TrainingModule(WidenReductionAccumulators()(module), conv_layers)
+        module = _add_sgd_step(module, name, num_params, len(imported.state_names), len(layers), int(dropout))
+    return TrainingModule(WidenReductionAccumulators()(module), conv_layers, calling_convention(dropout))
+
+
+def _ungraded_ops(func):
+    """The Relax ops in ``func`` that have no registered gradient (the likely cause of a failed pass)."""
+    names = set()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.get_attr("FPrimalGradient") is None:
+            names.add(expr.op.name)
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return sorted(names)
 
 
 def _returned_fields(func):
@@ -144,7 +158,7 @@ def _module_of(functions):
     return bb.get()
 
 
-def _add_sgd_step(module, grad_name, num_params, num_states, num_layers):
+def _add_sgd_step(module, grad_name, num_params, num_states, num_layers, num_seeds):
     """One torch-style SGD step around a gradient function: g += wd*p; v = m*v + g; p -= lr*v."""
     grad_func = module[grad_name]
     grad_params = list(grad_func.params)
@@ -152,16 +166,17 @@ def _add_sgd_step(module, grad_name, num_params, num_states, num_layers):
     x = fresh[0]
     params = fresh[1 : 1 + num_params]
     states = fresh[1 + num_params : 1 + num_params + num_states]
-    labels = fresh[1 + num_params + num_states]
-    skeleton = fresh[2 + num_params + num_states :]
+    seeds = fresh[1 + num_params + num_states : 1 + num_params + num_states + num_seeds]
+    labels = fresh[1 + num_params + num_states + num_seeds]
+    skeleton = fresh[2 + num_params + num_states + num_seeds :]
     scalar = relax.TensorType((), x.ty.dtype)
     lr, momentum, weight_decay = (relax.Var(n, scalar) for n in ("lr", "momentum", "weight_decay"))
     velocities = [relax.Var(f"v_{p.name}", p.ty) for p in params]
     name = "train_step" + grad_name[len("gradients"):]
     bb = relax.BlockBuilder(module)
-    with bb.function(name, [x, labels, lr, momentum, weight_decay, *params, *states, *velocities, *skeleton]):
+    with bb.function(name, [x, labels, lr, momentum, weight_decay, *params, *states, *velocities, *seeds, *skeleton]):
         with bb.dataflow():
-            result = bb.emit(relax.Call(module.get_global_var(grad_name), [x, *params, *states, labels, *skeleton]))
+            result = bb.emit(relax.Call(module.get_global_var(grad_name), [x, *params, *states, *seeds, labels, *skeleton]))
             outputs = bb.emit(relax.TupleGetItem(result, 0))
             grads = bb.emit(relax.TupleGetItem(result, 1))
             new_params, new_velocities = [], []

@@ -26,7 +26,7 @@ import tvm
 from tvm.runtime import vm as tvm_vm
 
 from .errors import ArtifactError
-from .manifest import CALLING_CONVENTION, LIBRARY
+from .manifest import DROPOUT_SEED, LIBRARY
 
 _ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
 _ET_DYN, _SHT_NOBITS = 3, 8
@@ -88,8 +88,9 @@ def argument_types(manifest):
         "states": [(s["name"], tuple(s["shape"]), dtype) for s in manifest["states"]],
         "velocities": [(f"velocity of {p['name']}", tuple(p["shape"]), dtype) for p in manifest["params"]],
         "skeleton": [(f"skeleton of {c['weight']}", (c["k"],), "int64") for c in manifest["conv_layers"]],
+        DROPOUT_SEED: [("dropout seed", (), "int64")],
     }
-    return {function: [arg for kind in order for arg in kinds[kind]] for function, order in CALLING_CONVENTION.items()}
+    return {function: [arg for kind in order for arg in kinds[kind]] for function, order in manifest["functions"].items()}
 
 
 def check_library(vm, manifest, device, run_forward=True):

@@ -19,8 +19,8 @@ PARAMS = "params.npz"
 HASHED_MEMBERS = (LIBRARY, PARAMS)
 
 # How the runtime calls each compiled function (runtime/trainer.py, runtime/library.py). The compiler
-# writes it into every manifest (its functions take these arguments: compiler/training_graph.py, whose
-# FUNCTION_ARGS documents the same, tested equal); an artifact with another convention is refused.
+# builds its functions to it (compiler/training_graph.py) and writes it into every manifest; an artifact
+# with another convention is refused.
 CALLING_CONVENTION = {
     "forward_train": ["input", "params", "states"],
     "predict": ["input", "params", "states"],
@@ -29,6 +29,22 @@ CALLING_CONVENTION = {
     "train_step": ["input", "labels", "lr", "momentum", "weight_decay", "params", "states", "velocities"],
     "train_step_skel": ["input", "labels", "lr", "momentum", "weight_decay", "params", "states", "velocities", "skeleton"],
 }
+
+DROPOUT_SEED = "dropout_seed"  # int64 scalar: the extra input of a Dropout model's train-mode functions
+
+
+def calling_convention(dropout=False):
+    """CALLING_CONVENTION, with the Dropout seed in the train-mode functions of a model with Dropout
+    (after the states, or after the velocities in a train step); predict never takes one."""
+    if not dropout:
+        return CALLING_CONVENTION
+    args = {}
+    for name, names in CALLING_CONVENTION.items():
+        after = "velocities" if name.startswith("train_step") else "states"
+        at = names.index(after) + 1
+        args[name] = names if name == "predict" else [*names[:at], DROPOUT_SEED, *names[at:]]
+    return args
+
 
 MAX_NAME = 256  # characters of a model, parameter or target name
 MAX_TENSORS = 4096  # parameters, states, CONV layers
@@ -175,8 +191,9 @@ _SCHEMA = record(
     conv_layers=list_of(record(weight=text(), bias=nullable(text()), out_channels=integer(1, MAX_DIM), k=integer(1, MAX_DIM))),
     ratio=number(0, 1, low_open=True),
     optimizer=record(lr=number(0, 1e6), momentum=number(0, 1e6), weight_decay=number(0, 1e6)),
-    functions=exactly(CALLING_CONVENTION),
+    functions=one_of(calling_convention(False), calling_convention(True)),
     target=record(name=text(), tvm_target=json_tree(), machine=text(64), device=one_of("cpu", "cuda")),
+    batch_norm_running_var=one_of("unbiased"),
     linker=record(name=text(64), version=text(128), flags=list_of(text(256), 0, 32)),
     tvm_version=text(64),
     tuning=nullable(record(database_sha256=_SHA256, tuned_tasks=integer(0, 2**31), total_tasks=integer(0, 2**31))),

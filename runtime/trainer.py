@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 import tvm
 
+from .manifest import DROPOUT_SEED
 from .skeleton import validate_skeleton
 
 
@@ -35,6 +36,10 @@ class Trainer:
         self.optimizer = dict(manifest["optimizer"])
         self._params = [self._tensor(initial_arrays[n]) for n in self.param_names]
         self._states = [self._tensor(initial_arrays[n]) for n in self.state_names]
+        # A model with Dropout takes a seed in its train-mode functions; each call draws the next one
+        # unless given one, so every step has its own mask and the same seed rebuilds it.
+        self.has_dropout = DROPOUT_SEED in manifest["functions"]["gradients"]
+        self.dropout_seed = 0
         self.reset_optimizer()
 
     # ---- what the model is -------------------------------------------------------------------
@@ -76,20 +81,21 @@ class Trainer:
         self._velocities = [self._tensor(np.zeros(t.shape, self.dtype)) for t in self._params]
 
     # ---- computing ---------------------------------------------------------------------------
-    def gradients(self, x, y, skeleton=None):
-        """{param name: gradient} of the mean cross-entropy; skeleton backward when a skeleton is given."""
-        args = [self._input(x), *self._params, *self._states, self._labels(y)]
+    def gradients(self, x, y, skeleton=None, seed=None):
+        """{param name: gradient} of the mean cross-entropy; skeleton backward when a skeleton is given.
+        ``seed``: the Dropout seed (default: the next one); ignored by a model without Dropout."""
+        args = [self._input(x), *self._params, *self._states, *self._seed(seed), self._labels(y)]
         if skeleton is None:
             outputs, grads = self._vm["gradients"](*args)
         else:
             outputs, grads = self._vm["gradients_skel"](*args, *self._skeleton(skeleton))
         return {n: g.numpy() for n, g in zip(self.param_names, grads)}
 
-    def train_step(self, x, y, skeleton=None, lr=None, momentum=None, weight_decay=None):
+    def train_step(self, x, y, skeleton=None, lr=None, momentum=None, weight_decay=None, seed=None):
         """One SGD step (torch.optim.SGD semantics); returns the loss. BatchNorm states are updated."""
         hyper = [self._hyper(k, v if v is not None else self.optimizer[k])
                  for k, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay))]
-        args = [self._input(x), self._labels(y), *hyper, *self._params, *self._states, *self._velocities]
+        args = [self._input(x), self._labels(y), *hyper, *self._params, *self._states, *self._velocities, *self._seed(seed)]
         if skeleton is None:
             result = self._vm["train_step"](*args)
         else:
@@ -101,9 +107,9 @@ class Trainer:
         self.last_importance = self._named_importance(result[1 + 2 * p + s :])
         return float(result[0].numpy())
 
-    def importance(self, x):
+    def importance(self, x, seed=None):
         """{CONV weight name: sum over N, H, W of |Y|} from a train-mode forward (states untouched)."""
-        result = self._vm["forward_train"](self._input(x), *self._params, *self._states)
+        result = self._vm["forward_train"](self._input(x), *self._params, *self._states, *self._seed(seed))
         return self._named_importance(result[1 + len(self._states) :])
 
     def predict(self, x):
@@ -144,6 +150,14 @@ class Trainer:
         if y.size and (y.min() < 0 or y.max() >= self.num_classes):
             raise InputError(f"label {int(y.min() if y.min() < 0 else y.max())} out of range [0, {self.num_classes})")
         return self._tensor(y.astype(np.int64))
+
+    def _seed(self, seed):
+        """[] for a model without Dropout, else [the seed tensor], advancing the counter when none is given."""
+        if not self.has_dropout:
+            return []
+        if seed is None:
+            seed, self.dropout_seed = self.dropout_seed, self.dropout_seed + 1
+        return [self._tensor(np.asarray(seed, dtype=np.int64))]
 
     def _skeleton(self, skeleton):
         return [self._tensor(v) for v in validate_skeleton(skeleton, self.conv_layers)]

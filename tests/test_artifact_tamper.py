@@ -28,10 +28,8 @@ import numpy as np
 import pytest
 
 from artifact_edit import members_of, rebuilt, tar_of
-from fedskel.compiler.training_graph import FUNCTION_ARGS
 from fedskel.runtime import ArtifactError, load
 from fedskel.runtime.artifact import LIBRARY, MANIFEST, PARAMS, SIGNATURE
-from fedskel.runtime.manifest import CALLING_CONVENTION
 from fedskel.runtime.signing import default_signing_key, generate_key, public_key_line
 
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")  # the duplicate-entry npz is built on purpose
@@ -397,10 +395,6 @@ def tamper_run(artifact, tmp_path_factory):
             jobs.append({"id": f"{case}/unsigned-allowed", "path": str(path), "options": {"allow_unsigned": True}})
     results, leftovers = run_loads(jobs, workdir)
     return results, leftovers, marker
-
-
-def test_the_runtime_calls_functions_as_the_compiler_builds_them():
-    assert CALLING_CONVENTION == FUNCTION_ARGS
 
 
 def test_there_are_at_least_99_cases():
