@@ -24,7 +24,7 @@ from fedskel.compiler.zoo import export_onnx
 from fedskel.runtime import load
 
 from onnx_models import as_float64
-from test_compiler_gradients import FLOAT64_TOLERANCE, check_against_torch
+from test_compiler_gradients import FLOAT64_TOLERANCE, TorchReference, check_against_torch
 from torch_oracle import nn_conv_outputs
 
 # torch's float64 HardSigmoid backward multiplies by the float32 1/6 (``1.0f / 6.0f``): 3e-8 from the
@@ -199,4 +199,4 @@ def test_block_gradients_equal_torch(tmp_path, block, tolerance):
     path = tmp_path / "block.onnx"
     onnx.save(as_float64(onnx.load_from_string(export_onnx(module, (3, 9, 9), 4))), str(path))
     compile_model(str(path), tmp_path / "block.fsk", ratio=0.5)
-    check_against_torch(load(tmp_path / "block.fsk"), module.double().train(), nn_conv_outputs, tolerance)
+    check_against_torch(load(tmp_path / "block.fsk"), TorchReference(module.double().train(), nn_conv_outputs, tolerance=tolerance))
