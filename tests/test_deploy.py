@@ -8,6 +8,8 @@ import sys
 import sysconfig
 
 import fedskel.runtime
+from fedskel.runtime.artifact import read_artifact
+from fedskel.runtime.signing import generate_key
 
 RUNTIME_DIR = os.path.dirname(fedskel.runtime.__file__)
 
@@ -60,15 +62,18 @@ def test_dry_run_prints_the_ssh_and_scp_commands(artifact):
     result = fedskel_deploy(path, "pi@board:/srv/fedskel", "--dry-run")
     assert result.returncode == 0, result.stderr
     commands = [shlex.split(line) for line in result.stdout.splitlines()]
-    assert [c[:2] for c in commands] == [["ssh", "pi@board"], ["scp", "-r"], ["ssh", "pi@board"], ["ssh", "pi@board"]]
-    assert commands[0][2] == "mkdir -p /srv/fedskel"
+    assert [c[:2] for c in commands] == [["ssh", "pi@board"], ["scp", "-r"], ["scp", commands[2][1]], ["ssh", "pi@board"], ["ssh", "pi@board"]]
+    assert commands[0][2] == "mkdir -p /srv/fedskel .config/fedskel/trusted-keys"
     copied = commands[1][2:-1]
     assert [os.path.basename(p) for p in copied] == ["fedskel", "requirements.txt", os.path.basename(path)]
     assert commands[1][-1] == "pi@board:/srv/fedskel/"
-    assert commands[2][2] == (
+    # the key that signed the artifact goes to the board's trust store
+    signer = read_artifact(path).signer
+    assert os.path.basename(commands[2][1]) == f"{signer}.pub" and commands[2][2] == "pi@board:.config/fedskel/trusted-keys/"
+    assert commands[3][2] == (
         "python3 -m venv /srv/fedskel/venv && /srv/fedskel/venv/bin/python -m pip install -q -r /srv/fedskel/requirements.txt"
     )
-    check = shlex.split(commands[3][2])
+    check = shlex.split(commands[4][2])
     assert check[:4] == ["cd", "/srv/fedskel", "&&", "PYTHONPATH=."] and check[-1] == os.path.basename(path)
     assert "r.load(sys.argv[1])" in check[-2]
 
@@ -78,3 +83,12 @@ def test_deploy_refuses_bad_input(tmp_path, artifact):
     assert missing.returncode == 2 and "not a FedSkel artifact" in missing.stderr
     no_dir = fedskel_deploy(artifact("lenet5", ratio=0.25, batch_size=4), "board", "--dry-run")
     assert no_dir.returncode == 2 and "must be [user@]host:DIR" in no_dir.stderr
+
+
+def test_deploy_refuses_an_artifact_this_machine_does_not_trust(tmp_path, artifact):
+    """Deploying installs the signer's key on the board: only a key trusted here may be passed on."""
+    stranger = tmp_path / "stranger.pem"
+    generate_key(stranger)
+    path = artifact("lenet5", ratio=0.25, batch_size=4, sign_key=str(stranger))
+    result = fedskel_deploy(path, "pi@board:/srv", "--dry-run")
+    assert result.returncode == 2 and "trusted" in result.stderr and "ssh" not in result.stdout
