@@ -7,6 +7,12 @@ The truth is float64.  A float32 build is judged against torch in float64 on the
 per tensor, its error may be at most a small factor of torch's own float32 error against that reference
 (plus a rounding floor).  Comparing two float32 computations instead puts the verdict at the mercy of
 each CPU's instruction set and summation order.  Float64 builds are held to rounding level.
+
+A ReLU input within float32 rounding of 0 may fall on either side of it in a float32 build (resnet18 at
+batch 8 has ~16 inputs within 1e-6 of their tensor's largest); one that falls on the other side than in
+float64 moves the gradient by up to a few percent, correctly for that build's rounding.  Such a build is
+judged against float64 with those ReLU decisions taken its way (Float64Truth), and only those: an input
+that is not within rounding of 0 is never reversed.
 """
 
 import copy
@@ -23,7 +29,7 @@ from fedskel.compiler.zoo import build_torch_model, export_zoo_onnx
 from fedskel.runtime import load
 
 from onnx_models import ONNX_CASES, as_float64, write_case
-from torch_oracle import OnnxTorchModule, nn_conv_outputs, onnx_conv_outputs, torch_gradients
+from torch_oracle import TIE_MARGIN, OnnxTorchModule, ReluDecisions, nn_conv_outputs, onnx_conv_outputs, torch_gradients
 
 FLOAT64_TOLERANCE = 1e-9  # max |error| relative to max |reference| per tensor
 # A float32 tensor's error against float64 may be ACCURACY_FACTOR x torch float32's own, plus ROUNDING_FLOOR
@@ -34,6 +40,7 @@ ROUNDING_FLOOR = 1e-6
 # A CONV bias before train-mode BatchNorm has an exactly zero gradient (BN removes the mean): both sides
 # return rounding noise there, so a tensor's scale is at least this fraction of the model's largest gradient.
 NOISE_FLOOR = 1e-2
+TIE_ROUNDS = 3  # searches for the ReLU ties a float32 build took the other way (Float64Truth)
 ZOO_CASES = [("lenet5", 4), ("cnn-cifar", 4), ("digits-cnn", 8), ("resnet8", 4)]
 
 
@@ -49,16 +56,77 @@ def assert_grads_close(got, want, tolerance=FLOAT64_TOLERANCE):
         assert error <= tolerance, f"{name}: relative error {error:.2e}"
 
 
+class Float64Truth:
+    """float64 answers that can be recomputed with chosen ReLU decisions reversed (torch_oracle.ReluDecisions):
+    the truth for a float32 build whose rounding put a ReLU input that is within rounding of 0 on its other side."""
+
+    def __init__(self, compute, margin=TIE_MARGIN):
+        self.compute = compute  # () -> {name: array}, all in float64
+        self.margin = margin  # of ReLU inputs (relative to their tensor's largest) that rounding can put across 0
+        self.value, self.ties = self.under(frozenset())
+
+    def under(self, flips):
+        with ReluDecisions(flips) as relus:
+            value = self.compute()
+        return value, relus.ties(self.margin)
+
+
+def _errors(got, exact, scales):
+    return {name: np.abs(got[name] - exact[name]).max() / scale for name, scale in scales.items()}
+
+
+def _reversals(got, truth, flips, answer, ties, scales):
+    """The ReLU ties (besides ``flips``, whose float64 ``answer`` this is) whose reversal brings ``got`` closest.
+
+    Reversals far apart add up nearly linearly: each tie's effect is computed once and ties are picked one
+    at a time by the worst scaled error of the sum (the caller recomputes the chosen set exactly).
+    """
+    names = sorted(scales)
+    flat = lambda value: np.concatenate([(value[n] / scales[n]).ravel() for n in names])
+    target, base = flat(got), flat(answer)
+    effects = {tie: flat(truth.under(flips | {tie})[0]) - base for tie in ties if tie not in flips}
+    chosen, estimate = set(), base
+    while len(chosen) < len(effects):
+        distance, tie = min((np.abs(target - estimate - e).max(), t) for t, e in effects.items() if t not in chosen)
+        if distance >= np.abs(target - estimate).max():
+            break
+        chosen.add(tie)
+        estimate = estimate + effects[tie]
+    return chosen
+
+
 def assert_as_accurate_as_torch(got, torch32, exact):
-    """Every tensor of ``got`` (float32) is within ACCURACY_FACTOR x torch float32's error of ``exact``."""
-    assert sorted(got) == sorted(exact) == sorted(torch32)
-    failures = []
-    for name, scale in _scales(exact).items():
-        error = np.abs(got[name] - exact[name]).max() / scale
-        torch_error = np.abs(torch32[name] - exact[name]).max() / scale
-        if error > ACCURACY_FACTOR * torch_error + ROUNDING_FLOOR:
-            failures.append(f"{name}: error {error:.2e} against float64, torch float32's {torch_error:.2e}")
-    assert not failures, "; ".join(failures)
+    """Every tensor of ``got`` (float32) is within ACCURACY_FACTOR x torch float32's error of ``exact``.
+
+    ``exact``: float64 answers, or a Float64Truth: then, if ``got`` fails, it is judged against the float64
+    answer with the ReLU decisions that float32 rounding can reverse (inputs within TIE_MARGIN of 0) taken
+    as ``got``'s rounding took them; torch float32's error stays measured against the plain float64 answer.
+    """
+    plain = exact.value if isinstance(exact, Float64Truth) else exact
+    assert sorted(got) == sorted(plain) == sorted(torch32)
+    scales = _scales(plain)
+    allowed = {name: ACCURACY_FACTOR * error + ROUNDING_FLOOR for name, error in _errors(torch32, plain, scales).items()}
+
+    def failures(truth):
+        return [f"{name}: error {error:.2e} against float64, torch float32's {(allowed[name] - ROUNDING_FLOOR) / ACCURACY_FACTOR:.2e}"
+                for name, error in _errors(got, truth, scales).items() if error > allowed[name]]
+
+    failed = failures(plain)
+    if failed and isinstance(exact, Float64Truth):
+        # a reversal changes what follows it (the later ReLUs of a training run): ties are looked for again
+        flips, answer, ties = frozenset(), plain, exact.ties
+        for _ in range(TIE_ROUNDS):
+            chosen = _reversals(got, exact, flips, answer, ties, scales)
+            if not chosen:
+                break
+            flips |= chosen
+            answer, ties = exact.under(flips)
+            failed = failures(answer)
+            if not failed:
+                break
+        if failed:
+            failed.insert(0, f"(with {len(flips)} ReLU ties reversed)")
+    assert not failed, "; ".join(failed)
 
 
 def random_batch(trainer, seed=0):
@@ -86,8 +154,7 @@ class TorchReference:
         _, want = torch_gradients(self.module, self.conv_outputs, x, y, skeleton)
         if self.exact_module is None:
             return want, want
-        _, exact = torch_gradients(self.exact_module, self.conv_outputs, x.astype(np.float64), y, skeleton)
-        return want, exact
+        return want, Float64Truth(lambda: torch_gradients(self.exact_module, self.conv_outputs, x.astype(np.float64), y, skeleton)[1])
 
     def importance(self, x):
         def of(module, inputs):
@@ -214,7 +281,7 @@ def test_ten_sgd_steps_match_torch(artifact, name):
     float64, within ACCURACY_FACTOR x the error of torch.optim.SGD in float32."""
     trainer = load(artifact(name, ratio=0.3, batch_size=4))
     module = build_torch_model(name, seed=0).train()
-    exact_module = float64_twin(module)
+    untrained = copy.deepcopy(module)
     initial = {n: p.detach().numpy().astype(np.float64) for n, p in module.named_parameters()}
     batches = [random_batch(trainer, seed) for seed in range(10)]
     skeleton = random_skeleton(trainer)
@@ -223,12 +290,16 @@ def test_ten_sgd_steps_match_torch(artifact, name):
     for (x, y), step_skeleton in zip(batches, skeletons):
         trainer.train_step(x, y, skeleton=step_skeleton, **hyper)
     want = _torch_training(module, nn_conv_outputs, batches, skeletons, **hyper, dtype=np.float32)
-    exact = _torch_training(exact_module, nn_conv_outputs, batches, skeletons, **hyper, dtype=np.float64)
 
     def change(params):
         return {n: params[n].astype(np.float64) - initial[n] for n in initial}
 
-    assert_as_accurate_as_torch(change(trainer.params), change(want), change(exact))
+    # A ReLU tie reversed at one step changes every step after it: the whole float64 run is recomputed.  After
+    # some steps the float32 parameters, and so the ReLU inputs, are ~1e-5 from float64's: ties are that wide.
+    exact = Float64Truth(lambda: change(
+        _torch_training(float64_twin(untrained), nn_conv_outputs, batches, skeletons, **hyper, dtype=np.float64)),
+        margin=1e-5)
+    assert_as_accurate_as_torch(change(trainer.params), change(want), exact)
     # BatchNorm running statistics: Relax updates running_var with the biased batch variance where torch
     # uses the unbiased one (a factor n/(n-1) on the batch term), hence the looser bound.
     states = trainer.states
@@ -236,3 +307,24 @@ def test_ten_sgd_steps_match_torch(artifact, name):
         if name_ in states:
             np.testing.assert_allclose(states[name_], buffer.numpy(), rtol=2e-3, atol=1e-5)
 
+
+
+def test_only_relu_ties_are_forgiven():
+    """A float64 gradient with one ReLU tie reversed passes as a float32 build's; with a unit far from 0
+    reversed it fails (the tie margin is widened here so that resnet8 at batch 4 surely has ties)."""
+    module = build_torch_model("resnet8", seed=0).train()
+    reference = TorchReference(module, nn_conv_outputs, float64_twin(module))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 4)
+    want, _ = reference.gradients(x, y)
+    exact = lambda: torch_gradients(reference.exact_module, nn_conv_outputs, x.astype(np.float64), y)[1]
+    truth = Float64Truth(exact, margin=1e-3)
+    tie = truth.ties[0]
+    as_float32 = lambda answer: {n: a.astype(np.float32) for n, a in answer.items()}
+    assert_as_accurate_as_torch(as_float32(truth.under({tie})[0]), want, truth)
+    with ReluDecisions() as relus:
+        exact()
+    call = tie[0]
+    far = (call, int(relus.inputs[call].abs().reshape(-1).argmax()))
+    with pytest.raises(AssertionError, match="ReLU ties reversed"):
+        assert_as_accurate_as_torch(as_float32(truth.under({far})[0]), want, truth)
