@@ -300,8 +300,6 @@ def test_ten_sgd_steps_match_torch(artifact, name):
         _torch_training(float64_twin(untrained), nn_conv_outputs, batches, skeletons, **hyper, dtype=np.float64)),
         margin=1e-5)
     assert_as_accurate_as_torch(change(trainer.params), change(want), exact)
-    # BatchNorm running statistics: Relax updates running_var with the biased batch variance where torch
-    # uses the unbiased one (a factor n/(n-1) on the batch term), hence the looser bound.
     states = trainer.states
     for name_, buffer in module.named_buffers():
         if name_ in states:

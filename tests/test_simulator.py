@@ -100,10 +100,12 @@ def test_local_epochs_give_each_client_steps_for_its_own_data(digits_artifact, f
 
 
 def test_a_short_run_beats_chance_clearly(digits_artifact, digits):
-    """IID clients, 10 classes (chance: 10%); the model needs about 100 SGD steps to leave its initial plateau."""
+    """IID clients, 10 classes (chance: 10%).  The model needs about 100 SGD steps to leave its initial
+    plateau, and when it leaves depends on rounding: after 3 rounds of 40 steps, seeds 0-3 gave 25-69%; after 6
+    rounds (lr 0.05) seeds 0-5 all gave 89-95%."""
     clients = split_among_clients(digits, 2, "iid", seed=0)
-    result = run(digits_artifact, clients, strategy="fedavg", rounds=3, local_steps=40, lr=0.1, momentum=0.9)
-    assert result["rounds"][-1]["global_accuracy"] > 0.5
+    result = run(digits_artifact, clients, strategy="fedavg", rounds=6, local_steps=40, lr=0.05, momentum=0.9)
+    assert result["rounds"][-1]["global_accuracy"] > 0.75
 
 
 @pytest.mark.parametrize(
