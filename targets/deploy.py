@@ -87,9 +87,10 @@ def main(argv=None):
         except ArtifactError as exc:
             print(f"fedskel-deploy: error: {exc}", file=sys.stderr)
             return 2
-        write_runtime_bundle(os.path.join(bundle, "runtime"))
+        runtime = os.path.join(bundle, "runtime")
+        write_runtime_bundle(runtime)
         try:
-            commands = deploy_commands(args.artifact, args.destination, os.path.join(bundle, "runtime"), public_key, args.python)
+            commands = deploy_commands(args.artifact, args.destination, runtime, public_key, args.python)
         except ValueError as exc:
             parser.error(str(exc))
         for command in commands:
