@@ -32,6 +32,8 @@ def _parser():
                         "(default: your key in $FEDSKEL_HOME or ~/.config/fedskel, made and trusted here on first use)")
     parser.add_argument("--cc", metavar="COMMAND", help="what links the library: a compiler on PATH (e.g. aarch64-linux-gnu-gcc), "
                         "or zig (the pip-installed one); default: the target's cross gcc if installed, else zig")
+    parser.add_argument("--no-conv-kernels", dest="conv_kernels", action="store_false",
+                        help="build CONVs with TVM's own lowering instead of FedSkel's hand-scheduled kernels (to compare)")
     parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
     parser.add_argument("--list-models", action="store_true", help="list the zoo and torchvision models and exit")
     return parser
@@ -74,6 +76,7 @@ def main(argv=None):
             args.model, output, target=args.target, ratio=args.ratio, batch_size=args.batch_size,
             num_classes=args.num_classes, optimizer=optimizer, seed=args.seed, tuning_db=args.tuning_db,
             sign_key=args.sign_key, cc=args.cc, input_shape=args.input_shape,
+            conv_kernels=args.conv_kernels,
         )
     except CompileError as exc:
         print(f"fedskel-compile: error: {exc}", file=sys.stderr)

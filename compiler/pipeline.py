@@ -1,5 +1,6 @@
 """Model in, artifact out: the one function behind ``fedskel-compile``."""
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -14,6 +15,7 @@ from fedskel.targets import get_target
 from .batch_norm_stats import CONVENTION as BN_RUNNING_VAR
 from .build import build_library, resolve_linker
 from .errors import CompileError
+from .kernels import UseConvKernels
 from .onnx_loader import load_onnx
 from .training_graph import build_training_module
 from .tuning import apply_database
@@ -54,8 +56,12 @@ def resolve_target(name):
         raise CompileError(str(exc.args[0])) from None
 
 
-def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, seed=0, input_shape=None):
-    """(imported model, training module): what fedskel-compile builds and fedskel-tune tunes, made the same way."""
+def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, seed=0, input_shape=None, target=None,
+                         conv_kernels=True):
+    """(imported model, training module): what fedskel-compile builds and fedskel-tune tunes, made the same way.
+
+    With a ``target`` (a TargetSpec or name) CPU CONVs get the hand-scheduled kernels for its ISA
+    (compiler/kernels), unless ``conv_kernels`` is False (TVM's own lowering, to compare against)."""
     if not 0.0 < ratio <= 1.0:
         raise CompileError(f"skeleton ratio must be in (0, 1], got {ratio}")
     if batch_size is not None and batch_size < 1:
@@ -63,11 +69,21 @@ def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, se
     with tempfile.TemporaryDirectory() as workdir:
         path, zoo_name, batch_size = resolve_model(model, batch_size, workdir, seed, num_classes, input_shape)
         imported = load_onnx(path, batch_size=batch_size, num_classes=num_classes, name=zoo_name)
-        return imported, build_training_module(imported, ratio)
+        training = build_training_module(imported, ratio)
+    if target is not None:
+        training = with_target_kernels(training, resolve_target(target) if isinstance(target, str) else target, conv_kernels)
+    return imported, training
+
+
+def with_target_kernels(training, target_spec, conv_kernels=True):
+    """``training`` with the hand-scheduled CONV kernels of a CPU ``target_spec``; GPU targets keep dlight's rules."""
+    if target_spec.device != "cpu" or not conv_kernels:
+        return training
+    return dataclasses.replace(training, module=UseConvKernels(target_spec.tvm_target)(training.module))
 
 
 def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0,
-                  tuning_db=None, sign_key=None, cc=None, input_shape=None):
+                  tuning_db=None, sign_key=None, cc=None, input_shape=None, conv_kernels=True):
     """Compile ``model`` (zoo name, ``torchvision:NAME`` or ONNX path) into the artifact ``output``; returns the
     manifest.
 
@@ -76,6 +92,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
     made and trusted on this machine on first use; runtime/signing.py).
     ``cc``: the command that links the library, or "zig" (default: targets/linker.py's choice).
     ``input_shape``: (C, H, W) of a torchvision model.
+    ``conv_kernels``: False builds CONVs with TVM's own lowering instead of the hand-scheduled kernels.
     Everything that can be checked before compiling is (output path, optimizer, key).
     """
     check_output_path(output)
@@ -83,7 +100,8 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
     optimizer = checked_optimizer({**DEFAULT_OPTIMIZER, **(optimizer or {})})
     signing_key = _signing_key(sign_key)
     linker = resolve_linker(target_spec, cc)
-    imported, training = load_training_module(model, ratio, batch_size, num_classes, seed, input_shape)
+    imported, training = load_training_module(model, ratio, batch_size, num_classes, seed, input_shape, target_spec,
+                                              conv_kernels)
     module, tuning = apply_database(training.module, target_spec, tuning_db) if tuning_db else (training.module, None)
     library = build_library(module, target_spec, linker)
     manifest = {
@@ -108,6 +126,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
         "linker": linker.describe(),
         "tvm_version": tvm.__version__,
         "tuning": tuning,
+        "conv_kernels": "nhwc-hand-scheduled" if conv_kernels and target_spec.device == "cpu" else "tvm-default",
     }
     members = {LIBRARY: library, PARAMS: pack_arrays(imported.initial_values)}
     return write_artifact(output, manifest, members, signing_key=signing_key)

@@ -49,7 +49,8 @@ def main(argv=None):
         if args.model is None:
             parser.error("a model is required (or --merge)")
         target_spec = resolve_target(args.target)
-        _, training = load_training_module(args.model, args.ratio, args.batch_size, args.num_classes, args.seed)
+        _, training = load_training_module(args.model, args.ratio, args.batch_size, args.num_classes, args.seed,
+                                           target=target_spec)
         tune(training.module, target_spec, args.db, args.trials, resume=args.resume, rpc=args.rpc, rpc_key=args.rpc_key,
              seed=args.seed, commit_every=args.commit_every)
     except CompileError as exc:

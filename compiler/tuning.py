@@ -126,15 +126,22 @@ def apply_database(module, target_spec, db_dir):
     """
     database = open_database(db_dir)
     target = _tvm_target(target_spec)
+    lowered = lower_for_tuning(module, target)
     with target, database, tvm.transform.PassContext(opt_level=3):
-        applied = relax.transform.MetaScheduleApplyDatabase()(lower_for_tuning(module, target))
-    kernels = {gv: func for gv, func in applied.functions.items() if isinstance(func, tirx.PrimFunc)}
-    tuned = {gv: func.with_attr("op_pattern", OPAQUE) for gv, func in kernels.items() if int(func.attrs.get("tirx.is_scheduled", 0))}
+        applied = relax.transform.MetaScheduleApplyDatabase()(lowered)
+    hand_scheduled = {gv.name_hint for gv, func in lowered.functions.items() if _is_scheduled(func)}
+    kernels = {gv: func for gv, func in applied.functions.items()
+               if isinstance(func, tirx.PrimFunc) and gv.name_hint not in hand_scheduled}
+    tuned = {gv: func.with_attr("op_pattern", OPAQUE) for gv, func in kernels.items() if _is_scheduled(func)}
     if not tuned:
         raise CompileError(f"tuning database {db_dir} has no record for any kernel of this model: it was tuned for "
                            f"another model, ratio, batch size or target (tune with the options you compile with)")
     applied = tvm.IRModule({**dict(applied.functions.items()), **tuned}, attrs=applied.attrs)
     return applied, {"database_sha256": database_sha256(db_dir), "tuned_tasks": len(tuned), "total_tasks": len(kernels)}
+
+
+def _is_scheduled(func):
+    return isinstance(func, tirx.PrimFunc) and func.attrs is not None and int(func.attrs.get("tirx.is_scheduled", 0))
 
 
 def _search_strategy(trials_per_iter):

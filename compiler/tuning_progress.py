@@ -56,7 +56,7 @@ def task_rows(tasks, database):
     for task in tasks:
         recorded = times.get(tvm_ffi.structural_hash(task.workload), [])
         valid = [seconds for seconds in recorded if seconds is not None]
-        note = "not tuned: index inputs" if not task.tunable else "every trial failed" if recorded and not valid else ""
+        note = f"not tuned: {task.untunable}" if not task.tunable else "every trial failed" if recorded and not valid else ""
         rows.append({"kernel": task.name, "uses": task.uses, "trials": len(recorded),
                      "best_s": min(valid) if valid else None, "flop": task.flop, "note": note})
     return rows

@@ -19,7 +19,11 @@ class Task:
     extracted: ms.ExtractedTask
     priority: int  # index into USES
     flop: float
-    tunable: bool  # False for kernels with index inputs: the runner's random indices cannot time them
+    untunable: str  # why MetaSchedule leaves it alone ("" if it does not): index inputs, or hand-scheduled
+
+    @property
+    def tunable(self):
+        return not self.untunable
 
     @property
     def name(self):
@@ -70,8 +74,8 @@ def tuning_tasks(lowered, target):
         name = extracted.task_name
         priority = 2 if name not in skeleton else 1 if name in others else 0
         workload = extracted.dispatched[0]
-        tasks.append(Task(extracted, priority, estimate_tir_flops(workload), not _has_index_inputs(workload)))
-    small = SMALL_FLOP_SHARE * max((task.flop for task in tasks), default=0.0)
+        tasks.append(Task(extracted, priority, estimate_tir_flops(workload), _untunable(workload)))
+    small = SMALL_FLOP_SHARE * max((task.flop for task in tasks if task.tunable), default=0.0)
     return sorted(tasks, key=lambda task: (task.flop < small, task.priority, -task.flop, task.name))
 
 
@@ -95,6 +99,13 @@ def _kernels_reached(module, roots):
     return kernels
 
 
-def _has_index_inputs(workload):
-    """An integer tensor parameter (take, scatter_nd indices, nll_loss labels) is used to index memory."""
-    return any(str(arg.dtype).startswith(("int", "uint")) for arg in ms.arg_info.ArgInfo.from_prim_func(workload["main"]))
+def _untunable(workload):
+    """Why a kernel is not tuned: the hand-scheduled CONV kernels (compiler/kernels) keep their schedule, and an
+    integer tensor parameter (take, scatter_nd indices, nll_loss labels) indexes memory, which the runner's
+    random inputs would read out of bounds."""
+    main = workload["main"]
+    if int(main.attrs.get("tirx.is_scheduled", 0)) if main.attrs else False:
+        return "hand-scheduled"
+    if any(str(arg.dtype).startswith(("int", "uint")) for arg in ms.arg_info.ArgInfo.from_prim_func(main)):
+        return "index inputs"
+    return ""

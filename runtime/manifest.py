@@ -194,6 +194,7 @@ _SCHEMA = record(
     functions=one_of(calling_convention(False), calling_convention(True)),
     target=record(name=text(), tvm_target=json_tree(), machine=text(64), device=one_of("cpu", "cuda")),
     batch_norm_running_var=one_of("unbiased"),
+    conv_kernels=one_of("nhwc-hand-scheduled", "tvm-default"),  # compiler/kernels, or TVM's own CONV lowering
     linker=record(name=text(64), version=text(128), flags=list_of(text(256), 0, 32)),
     tvm_version=text(64),
     tuning=nullable(record(database_sha256=_SHA256, tuned_tasks=integer(0, 2**31), total_tasks=integer(0, 2**31))),

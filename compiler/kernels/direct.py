@@ -1,0 +1,54 @@
+"""The direct NHWC CONV: one TE definition and one hand-written schedule, for the forward and the dgrad.
+
+    out[n, h, w, o] = sum_{r, s, c} inp[n, h*S + r*D, w*S + s*D, c] * weight[r, s, c, o]
+
+``inp`` is already padded (layout.py); ``o`` is a multiple of the vector lanes (the caller pads the
+weights), so the output channels vectorise with no tail.  The register tile is ``pixels`` output
+pixels x ``vectors`` channel vectors, accumulated over the whole reduction (r, s, c outside the tile);
+one parallel task per (image, output row).  Stride-1 dgrad is this CONV over padded dY with the flipped,
+transposed weights (rewrite.py).
+"""
+
+from tvm import s_tir, te
+
+from .schedule import parallel_outer, scheduled, split_channels, vectorize_last_loop
+from .tiles import conv_tile
+
+
+def direct_conv(inp_shape, weight_shape, stride, dilation, out_hw, dtype, isa):
+    """PrimFunc(inp [N, Hp, Wp, C], weight [R, S, C, O]) -> out [N, OH, OW, O], scheduled for ``isa``."""
+    n_, _, _, c_ = inp_shape
+    kr, ks, _, o_ = weight_shape
+    oh_, ow_ = out_hw
+    inp = te.placeholder(inp_shape, dtype, name="inp")
+    weight = te.placeholder(weight_shape, dtype, name="weight")
+    r = te.reduce_axis((0, kr), "r")
+    s = te.reduce_axis((0, ks), "s")
+    c = te.reduce_axis((0, c_), "c")
+    out = te.compute(
+        (n_, oh_, ow_, o_),
+        lambda n, h, w, o: te.sum(
+            inp[n, h * stride[0] + r * dilation[0], w * stride[1] + s * dilation[1], c] * weight[r, s, c, o],
+            axis=[r, s, c],
+        ),
+        name="conv",
+    )
+    return _schedule(te.create_prim_func([inp, weight, out]), conv_tile(isa, dtype, o_, ow_))
+
+
+def _schedule(func, tile):
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("conv")
+    n, h, w, o, r, s, c = sch.get_loops(block)
+    w_outer, w_tile = sch.split(w, [None, tile.pixels])
+    o_outer, o_vectors, o_lanes = split_channels(sch, o, tile)
+    sch.reorder(n, h, o_outer, w_outer, r, s, c, w_tile, o_vectors, o_lanes)
+    parallel_outer(sch, [n, h])
+    sch.unroll(w_tile)
+    sch.unroll(o_vectors)
+    sch.vectorize(o_lanes)
+    accumulators = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(accumulators, w_outer)
+    init = sch.decompose_reduction(block, r)
+    vectorize_last_loop(sch, init, accumulators)
+    return scheduled(sch)

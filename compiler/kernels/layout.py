@@ -1,0 +1,89 @@
+"""Layout kernels at the edges of the NHWC CONVs: NCHW <-> NHWC, with padding folded in.
+
+Each is one TE compute with a parallel schedule, so a CONV's input is padded, zero-dilated (stride-2 dgrad)
+and made channels-last in a single pass over memory, and its output made NCHW again in one more.  The
+public layout (ONNX's NCHW activations, OIHW weights) is untouched outside these kernels.
+"""
+
+from tvm import s_tir, te, tirx
+
+from .schedule import parallel_outer, scheduled
+
+
+def _clamp(index, extent):
+    return tirx.max(tirx.min(index, extent - 1), 0)
+
+
+def _source_index(i, before, dilate, extent):
+    """(in range, index) of padded, ``dilate``-spaced position ``i`` in an axis of ``extent``."""
+    shifted = i - before
+    index = tirx.floordiv(shifted, dilate)
+    inside = tirx.all(shifted >= 0, tirx.floormod(shifted, dilate) == 0, index < extent)
+    return inside, _clamp(index, extent)
+
+
+def to_channels_last(src_shape, dtype, out_hw, before_hw, dilate=1, out_channels=None):
+    """PrimFunc(src [N, C, H, W]) -> [N, OH, OW, C'] with src[n, c, i, j] at (before + i*dilate, before + j*dilate).
+
+    Positions that no source element lands on are 0 (the CONV's padding, a stride-2 dgrad's zero-dilation);
+    ``before`` may be negative (cropping); channels C..C' are 0 (vector padding)."""
+    n_, c_, h_, w_ = src_shape
+    out_channels = out_channels or c_
+    src = te.placeholder(src_shape, dtype, name="src")
+
+    def value(n, h, w, c):
+        h_in, h_index = _source_index(h, before_hw[0], dilate, h_)
+        w_in, w_index = _source_index(w, before_hw[1], dilate, w_)
+        inside = tirx.all(h_in, w_in, c < c_)
+        return tirx.if_then_else(inside, src[n, _clamp(c, c_), h_index, w_index], tirx.const(0, dtype))
+
+    out = te.compute((n_, *out_hw, out_channels), value, name="to_nhwc")
+    return _parallel(te.create_prim_func([src, out]), "to_nhwc", 2)
+
+
+def to_channels_first(src_shape, dtype, channels):
+    """PrimFunc(src [N, H, W, C']) -> [N, C, H, W], the first ``channels`` of C' (vector padding dropped)."""
+    n_, h_, w_, _ = src_shape
+    src = te.placeholder(src_shape, dtype, name="src")
+    out = te.compute((n_, channels, h_, w_), lambda n, c, h, w: src[n, h, w, c], name="to_nchw")
+    return _parallel(te.create_prim_func([src, out]), "to_nchw", 2)
+
+
+def filter_to_hwio(weight_shape, dtype, out_channels):
+    """PrimFunc(W [O, C, R, S]) -> [R, S, C, O']: the forward's weights, output channels padded to O'."""
+    o_, c_, r_, s_ = weight_shape
+    weight = te.placeholder(weight_shape, dtype, name="weight")
+    out = te.compute(
+        (r_, s_, c_, out_channels),
+        lambda r, s, c, o: tirx.if_then_else(o < o_, weight[_clamp(o, o_), c, r, s], tirx.const(0, dtype)),
+        name="to_hwio",
+    )
+    return _parallel(te.create_prim_func([weight, out]), "to_hwio", 2)
+
+
+def filter_to_flipped_hwoi(weight_shape, dtype, in_channels):
+    """PrimFunc(W [O, C, R, S]) -> [R, S, O, C']: W rotated 180 degrees, the dgrad's weights (C padded to C')."""
+    o_, c_, r_, s_ = weight_shape
+    weight = te.placeholder(weight_shape, dtype, name="weight")
+    out = te.compute(
+        (r_, s_, o_, in_channels),
+        lambda r, s, o, c: tirx.if_then_else(
+            c < c_, weight[o, _clamp(c, c_), r_ - 1 - r, s_ - 1 - s], tirx.const(0, dtype)
+        ),
+        name="to_flipped_hwoi",
+    )
+    return _parallel(te.create_prim_func([weight, out]), "to_flipped_hwoi", 2)
+
+
+def filter_from_hwio(grad_shape, dtype, out_channels):
+    """PrimFunc(dW [R, S, C, O']) -> [O, C, R, S]: a weight gradient back in ONNX's layout."""
+    r_, s_, c_, _ = grad_shape
+    grad = te.placeholder(grad_shape, dtype, name="grad")
+    out = te.compute((out_channels, c_, r_, s_), lambda o, c, r, s: grad[r, s, c, o], name="to_oihw")
+    return _parallel(te.create_prim_func([grad, out]), "to_oihw", 2)
+
+
+def _parallel(func, name, outer):
+    sch = s_tir.Schedule(func)
+    parallel_outer(sch, sch.get_loops(sch.get_sblock(name))[:outer])
+    return scheduled(sch)

@@ -1,0 +1,196 @@
+"""The pass that gives every CONV of a training module its hand-scheduled NHWC kernel.
+
+It rewrites the three forms a CONV takes in the training graph (conv_gradient.py makes the last two):
+- forward ``conv2d`` NCHW/OIHW             -> direct NHWC CONV
+- dgrad ``conv2d_transpose`` NCHW/IOHW     -> direct NHWC CONV over (zero-dilated) padded dY, weights rotated
+- wgrad ``conv2d`` CNHW/IOHW (+ the slice of its extra taps) -> NHWC weight gradient of exactly R x S taps
+skeleton forms included (they are the same ops on k channels).  Each becomes layout kernels + the CONV
+kernel, so the public NCHW/OIHW tensors are unchanged.  Grouped CONVs and other out_dtypes keep TVM's
+lowering.  Identical kernels are added once; identical layout conversions of one tensor are merged
+(EliminateCommonSubexpr), so the forward and the wgrad share X's channels-last copy.
+"""
+
+import tvm
+from tvm import relax
+
+from . import direct, layout, wgrad
+from .tiles import target_isa
+
+FORWARD, DGRAD, WGRAD = "forward", "dgrad", "wgrad"
+
+
+def _ints(values):
+    return tuple(int(v) for v in values)
+
+
+def _shape(expr):
+    return _ints(expr.ty.shape)
+
+
+def _is_op(expr, name):
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def conv_kind(call):
+    """FORWARD, DGRAD or WGRAD for a CONV call these kernels cover, else None."""
+    if _is_op(call, "relax.nn.conv2d"):
+        layouts = (call.attrs.data_layout, call.attrs.kernel_layout, call.attrs.out_layout)
+        kind = {("NCHW", "OIHW", "NCHW"): FORWARD, ("CNHW", "IOHW", "CNHW"): WGRAD}.get(layouts)
+    elif _is_op(call, "relax.nn.conv2d_transpose"):
+        layouts = (call.attrs.data_layout, call.attrs.kernel_layout, call.attrs.out_layout)
+        kind = DGRAD if layouts == ("NCHW", "IOHW", "NCHW") else None
+    else:
+        return None
+    dtype = str(call.args[0].ty.dtype)
+    same_dtype = call.attrs.out_dtype is None or str(call.attrs.out_dtype) in ("", "void", dtype)
+    same_dtype = same_dtype and str(call.args[1].ty.dtype) == dtype
+    if kind is None or int(call.attrs.groups) != 1 or not same_dtype or dtype not in ("float32", "float64"):
+        return None
+    return kind
+
+
+@tvm.transform.module_pass(opt_level=0, name="UseConvKernels")
+class UseConvKernels:
+    """Rewrite every covered CONV of every Relax function to the NHWC kernels for ``tvm_target`` (a JSON dict)."""
+
+    def __init__(self, tvm_target):
+        self.isa = target_isa(tvm_target)
+
+    def transform_module(self, mod, ctx):
+        mod = _Rewriter(mod, self.isa).rewrite()
+        mod = relax.transform.EliminateCommonSubexpr()(mod)
+        return relax.transform.DeadCodeElimination([gv.name_hint for gv in mod.get_global_vars()])(mod)
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod, isa):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.isa = isa
+        self.kernels = {}  # (builder, args) -> GlobalVar: each distinct kernel added once
+        self.sliced = {}  # var of a wgrad conv -> the R x S its consumer slices out
+
+    def rewrite(self):
+        for gvar, func in self.mod_.functions.items():
+            if isinstance(func, relax.Function):
+                self.sliced = _sliced_wgrads(func)
+                self.builder_.update_func(gvar, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_var_binding_(self, binding):
+        value = binding.value
+        if binding.var in self.sliced:  # computed by its slice below; this full-size one is left dead
+            return super().visit_var_binding_(binding)
+        if _is_op(value, "relax.strided_slice") and value.args[0] in self.sliced:
+            conv = self.lookup_binding(self.visit_expr(value.args[0]))
+            new = self._weight_grad(conv, self.sliced[value.args[0]])
+        elif conv_kind(value) is not None:
+            new = self._lower(self.visit_expr(value))
+        else:
+            return super().visit_var_binding_(binding)
+        result = self.builder_.emit(new, binding.var.name)
+        if isinstance(binding.var, relax.DataflowVar):
+            self.set_var_remap(binding.var, result)
+        else:  # a dataflow block's output keeps its var
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, result))
+
+    def _lower(self, call):
+        kind = conv_kind(call)
+        if kind == FORWARD:
+            return self._forward(call)
+        if kind == DGRAD:
+            return self._data_grad(call)
+        return self._weight_grad(call, _shape(call)[2:])
+
+    def _kernel(self, make, *args, role=None):
+        """The GlobalVar of ``make(*args)``, named after the kernel's role (what a profile groups by)."""
+        key = (make.__module__, make.__name__, role, args)
+        if key not in self.kernels:
+            self.kernels[key] = self.builder_.add_func(make(*args), f"fedskel_{role or make.__name__}")
+        return self.kernels[key]
+
+    def _call(self, out_shape, dtype, make, inputs, *args, role=None):
+        gvar = self._kernel(make, *args, role=role)
+        return self.builder_.emit(relax.call_tir(gvar, inputs, relax.TensorType(out_shape, dtype)))
+
+    def _padded(self, channels, dtype):
+        lanes = self.isa.lanes(dtype)
+        return -(-channels // lanes) * lanes
+
+    def _input_window(self, x, out_hw, kernel_hw, stride, dilation, padding):
+        """X channels-last and padded to exactly the rows and columns the CONV's windows reach: (tensor, (Hp, Wp))."""
+        reach = tuple((out - 1) * st + (k - 1) * d + 1 for out, k, st, d in zip(out_hw, kernel_hw, stride, dilation))
+        top, left, _, _ = _ints(padding)
+        dtype = str(x.ty.dtype)
+        n, c = _shape(x)[:2]
+        return self._call((n, *reach, c), dtype, layout.to_channels_last, [x], _shape(x), dtype, reach, (top, left)), reach
+
+    def _forward(self, call):
+        x, w = call.args
+        dtype = str(x.ty.dtype)
+        (n, c, _, _), (o, _, kh, kw) = _shape(x), _shape(w)
+        oh, ow = _shape(call)[2:]
+        stride, dilation = _ints(call.attrs.strides), _ints(call.attrs.dilation)
+        xp, (hp, wp) = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
+        op = self._padded(o, dtype)
+        wt = self._call((kh, kw, c, op), dtype, layout.filter_to_hwio, [w], _shape(w), dtype, op)
+        y = self._call((n, oh, ow, op), dtype, direct.direct_conv, [xp, wt], (n, hp, wp, c), (kh, kw, c, op), stride,
+                       dilation, (oh, ow), dtype, self.isa, role="conv_forward")
+        return relax.call_tir(self._kernel(layout.to_channels_first, (n, oh, ow, op), dtype, o), [y],
+                              relax.TensorType((n, o, oh, ow), dtype))
+
+    def _data_grad(self, call):
+        dy, w = call.args
+        dtype = str(dy.ty.dtype)
+        (n, o, _, _), (_, c, kh, kw) = _shape(dy), _shape(w)
+        h, wd = _shape(call)[2:]
+        top, left, _, _ = _ints(call.attrs.padding)
+        stride, dilation = _ints(call.attrs.strides), _ints(call.attrs.dilation)
+        before = ((kh - 1) * dilation[0] - top, (kw - 1) * dilation[1] - left)
+        hp, wp = h + (kh - 1) * dilation[0], wd + (kw - 1) * dilation[1]
+        if stride[0] != stride[1]:
+            return call  # the zero-dilation below spaces both axes alike
+        cp = self._padded(c, dtype)
+        dyp = self._call((n, hp, wp, o), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, (hp, wp), before,
+                         stride[0])
+        wf = self._call((kh, kw, o, cp), dtype, layout.filter_to_flipped_hwoi, [w], _shape(w), dtype, cp)
+        dx = self._call((n, h, wd, cp), dtype, direct.direct_conv, [dyp, wf], (n, hp, wp, o), (kh, kw, o, cp), (1, 1),
+                        dilation, (h, wd), dtype, self.isa, role="conv_dgrad")
+        return relax.call_tir(self._kernel(layout.to_channels_first, (n, h, wd, cp), dtype, c), [dx],
+                              relax.TensorType((n, c, h, wd), dtype))
+
+    def _weight_grad(self, call, kernel_hw):
+        x, dy = call.args
+        dtype = str(x.ty.dtype)
+        (n, c, _, _), (_, o, oh, ow) = _shape(x), _shape(dy)
+        kh, kw = kernel_hw
+        dilation, stride = _ints(call.attrs.strides), _ints(call.attrs.dilation)  # swapped in the wgrad form
+        xp, (hp, wp) = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
+        op = self._padded(o, dtype)
+        dyn = self._call((n, oh, ow, op), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, (oh, ow), (0, 0), 1, op)
+        dw = self._call((kh, kw, c, op), dtype, wgrad.weight_grad, [xp, dyn], (n, hp, wp, c), (n, oh, ow, op), (kh, kw),
+                        stride, dilation, dtype, self.isa, role="conv_wgrad")
+        return relax.call_tir(self._kernel(layout.filter_from_hwio, (kh, kw, c, op), dtype, o), [dw],
+                              relax.TensorType((o, c, kh, kw), dtype))
+
+
+def _sliced_wgrads(func):
+    """wgrad CONV vars whose only use is a slice to the layer's R x S (stride leftovers): var -> (R, S)."""
+    bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    sliced = {}
+    for value in bound.values():
+        if _is_op(value, "relax.strided_slice") and isinstance(value.args[0], relax.Var):
+            conv = bound.get(value.args[0])
+            if conv is not None and conv_kind(conv) == WGRAD and _starts_at_origin(value):
+                sliced[value.args[0]] = _shape(value)[2:]
+    return sliced
+
+
+def _starts_at_origin(slice_call):
+    """A slice of the trailing R x S taps from 0 that keeps the channel axes whole (conv_gradient's form)."""
+    begin = slice_call.args[2]
+    if not isinstance(begin, relax.Tuple):
+        return False
+    source, result = _shape(slice_call.args[0]), _shape(slice_call)
+    return not any(int(field.value) for field in begin.fields) and source[:2] == result[:2]

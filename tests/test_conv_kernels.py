@@ -1,0 +1,85 @@
+"""The NHWC CONV kernels against torch: forward, dgrad and wgrad over kernel sizes, strides, padding,
+dilation and channel counts that are not multiples of the vector width (the skeleton's k)."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from fedskel.compiler.kernels import UseConvKernels, conv_kind
+from fedskel.compiler.kernels.single_layer import single_conv_module
+from fedskel.compiler.kernels.tiles import AVX2, AVX512, NEON, SSE, target_isa
+from fedskel.targets import get_target
+
+HOST = get_target("host")
+
+# (batch, in channels, out channels, size, kernel, stride, padding, dilation)
+CASES = [
+    (2, 3, 16, 8, 3, 1, 1, 1),
+    (2, 5, 7, 9, 3, 2, 1, 1),  # odd channels, stride 2 with a leftover row
+    (1, 8, 12, 7, 1, 1, 0, 1),
+    (2, 4, 9, 10, 5, 1, 2, 1),
+    (1, 6, 8, 15, 7, 2, 3, 1),
+    (2, 4, 8, 9, 3, 1, 2, 2),  # dilated
+    (1, 16, 3, 6, 3, 2, 0, 1),  # no padding, 3 outputs
+    (3, 1, 4, 12, 3, 3, 1, 1),  # stride 3, one input channel
+]
+
+
+def _kernel_calls(mod):
+    """How many CONVs are left to TVM's lowering in ``mod``."""
+    found = []
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, lambda e: found.append(e) if conv_kind(e) else None)
+    return len(found)
+
+
+def _run(mod, dtype, inputs):
+    exe = tvm.compile(mod, target=tvm.target.Target(HOST.tvm_target))
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    return {name: vm[name](*[tvm.runtime.tensor(a) for a in args]).numpy() for name, args in inputs.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}c{}o{}s{}k{}st{}p{}d{}".format(*c))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kernels_match_torch(case, dtype):
+    n, cin, cout, size, k, stride, pad, dil = case
+    mod, dy_shape = single_conv_module(*case, dtype)
+    rewritten = UseConvKernels(HOST.tvm_target)(mod)
+    assert _kernel_calls(mod) == 3 and _kernel_calls(rewritten) == 0
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((n, cin, size, size)).astype(dtype)
+    w = rng.standard_normal((cout, cin, k, k)).astype(dtype)
+    dy = rng.standard_normal(dy_shape).astype(dtype)
+    got = _run(rewritten, dtype, {"forward": (x, w), "dgrad": (dy, w), "wgrad": (x, dy)})
+    tx, tw = torch.tensor(x, dtype=torch.float64, requires_grad=True), torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad, dilation=dil)
+    ty.backward(torch.tensor(dy, dtype=torch.float64))
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for name, want in [("forward", ty), ("dgrad", tx.grad), ("wgrad", tw.grad)]:
+        want = want.detach().numpy()
+        err = np.abs(got[name] - want).max() / np.abs(want).max()
+        assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+def test_grouped_convs_keep_tvms_lowering():
+    x = relax.Var("x", relax.TensorType((1, 4, 6, 6), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 2, 3, 3), "float32"))
+    call = relax.op.nn.conv2d(x, w, groups=2)
+    assert conv_kind(call) is None
+
+
+@pytest.mark.parametrize(
+    "target,isa",
+    [
+        ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, NEON),
+        ({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}, SSE),
+        ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}, AVX2),
+        ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}, AVX512),
+        ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sandybridge"}, SSE),
+    ],
+)
+def test_register_tiles_follow_the_targets_isa(target, isa):
+    assert target_isa(target) == isa
