@@ -42,11 +42,6 @@ class CompiledModel:
             "train_step_skel": [self.x, self.y, *self.hyper, *self.params, *self.states, *self.velocities, *self.skeleton],
         }[function]
 
-    def time_ms(self, function, repeat=5):
-        """Median of ``repeat`` timed calls (after one warm-up), in ms."""
-        evaluator = self.vm.time_evaluator(function, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=0)
-        return statistics.median(evaluator(*self.args(function)).results) * 1e3
-
 
 def time_torch_ms(fn, repeat=5):
     fn()

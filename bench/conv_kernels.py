@@ -20,6 +20,9 @@ import numpy as np
 from conv_backward import RESNET18_CONVS
 
 
+SETTLE_S = 0.25  # pause before each timed call, as in train_step.py: idle threads of the last library spin
+
+
 def parse():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
@@ -89,6 +92,7 @@ def main():
                     fn()  # warm-up
                 for _ in range(args.rounds):
                     for name, fn in runs.items():
+                        time.sleep(SETTLE_S)
                         samples[name].append(clock(fn))
                 medians = {name: statistics.median(values) for name, values in samples.items()}
                 row = {"layer": f"{cin}->{cout} k{kernel} s{stride} @{size}", "count": count, "form": form, "op": op,
@@ -120,3 +124,7 @@ def plot(layers, path):
     ax.set_title("FedSkel NHWC CONV kernels vs oneDNN, resnet18-CIFAR layers")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

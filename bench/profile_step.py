@@ -16,7 +16,7 @@ from collections import defaultdict
 # kernel name pattern -> class, first match wins (names come from compiler/kernels and TVM's op fusion)
 CLASSES = [
     (r"^vm\.builtin", "VM builtins (allocation, checks)"),
-    (r"fedskel_conv_forward", "CONV forward"),
+    (r"fedskel_conv_forward", "CONV forward (+ dgrad of equal shape)"),  # add_func shares equal kernels
     (r"fedskel_conv_dgrad", "CONV dgrad"),
     (r"fedskel_conv_wgrad", "CONV wgrad"),
     (r"fedskel_(to_|filter)", "CONV layout"),

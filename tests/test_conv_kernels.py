@@ -83,3 +83,22 @@ def test_grouped_convs_keep_tvms_lowering():
 )
 def test_register_tiles_follow_the_targets_isa(target, isa):
     assert target_isa(target) == isa
+
+
+@pytest.mark.parametrize("m,k,n", [(32, 800, 500), (10, 32, 500), (500, 32, 800), (3, 7, 1), (16, 24, 16)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dense_matmul_matches_numpy(m, k, n, dtype):
+    bb = relax.BlockBuilder()
+    a, b = relax.Var("a", relax.TensorType((m, k), dtype)), relax.Var("b", relax.TensorType((k, n), dtype))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(a, b))
+        bb.emit_func_output(out)
+    rewritten = UseConvKernels(HOST.tvm_target)(bb.get())
+    assert _kernel_calls(rewritten) == 0
+    rng = np.random.default_rng(m + k + n)
+    x, y = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    got = _run(rewritten, dtype, {"main": (x, y)})["main"]
+    want = x.astype(np.float64) @ y.astype(np.float64)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    assert np.abs(got - want).max() / np.abs(want).max() < tol

@@ -38,7 +38,7 @@ def to_channels_last(src_shape, dtype, out_hw, before_hw, dilate=1, out_channels
         return tirx.if_then_else(inside, src[n, _clamp(c, c_), h_index, w_index], tirx.const(0, dtype))
 
     out = te.compute((n_, *out_hw, out_channels), value, name="to_nhwc")
-    return _parallel(te.create_prim_func([src, out]), "to_nhwc", 2)
+    return _transposed(te.create_prim_func([src, out]), "to_nhwc", lambda n, h, w, c: (n, h, w, c))
 
 
 def to_channels_first(src_shape, dtype, channels):
@@ -46,7 +46,7 @@ def to_channels_first(src_shape, dtype, channels):
     n_, h_, w_, _ = src_shape
     src = te.placeholder(src_shape, dtype, name="src")
     out = te.compute((n_, channels, h_, w_), lambda n, c, h, w: src[n, h, w, c], name="to_nchw")
-    return _parallel(te.create_prim_func([src, out]), "to_nchw", 2)
+    return _transposed(te.create_prim_func([src, out]), "to_nchw", lambda n, c, h, w: (n, h, c, w))
 
 
 def filter_to_hwio(weight_shape, dtype, out_channels):
@@ -83,7 +83,43 @@ def filter_from_hwio(grad_shape, dtype, out_channels):
     return _parallel(te.create_prim_func([grad, out]), "to_oihw", 2)
 
 
+BLOCK = 8  # a transpose moves 8 x 8 blocks: both sides touch whole cache lines
+
+
+def _transposed(func, name, order):
+    """Schedule an NCHW <-> NHWC copy: parallel over (image, row), 8 x 8 blocks of (W, C) inside.
+
+    ``order`` maps the block's loops to (n, h, the output's second-innermost, its innermost)."""
+    sch = s_tir.Schedule(func)
+    n, h, slow, fast = order(*sch.get_loops(sch.get_sblock(name)))
+    slow_outer, slow_inner = sch.split(slow, [None, BLOCK])
+    fast_outer, fast_inner = sch.split(fast, [None, BLOCK])
+    sch.reorder(n, h, slow_outer, fast_outer, slow_inner, fast_inner)
+    parallel_outer(sch, [n, h])
+    return scheduled(sch)
+
+
 def _parallel(func, name, outer):
     sch = s_tir.Schedule(func)
     parallel_outer(sch, sch.get_loops(sch.get_sblock(name))[:outer])
     return scheduled(sch)
+
+
+def pad_columns(shape, dtype, columns):
+    """PrimFunc(B [K, N]) -> [K, N']: a matmul's right operand with columns N..N' zero (vector padding)."""
+    k_, n_ = shape
+    src = te.placeholder(shape, dtype, name="src")
+    out = te.compute(
+        (k_, columns),
+        lambda k, j: tirx.if_then_else(j < n_, src[k, _clamp(j, n_)], tirx.const(0, dtype)),
+        name="pad_columns",
+    )
+    return _parallel(te.create_prim_func([src, out]), "pad_columns", 1)
+
+
+def first_columns(shape, dtype, columns):
+    """PrimFunc(C [M, N']) -> [M, N]: a matmul's result without its padding columns."""
+    m_, _ = shape
+    src = te.placeholder(shape, dtype, name="src")
+    out = te.compute((m_, columns), lambda i, j: src[i, j], name="first_columns")
+    return _parallel(te.create_prim_func([src, out]), "first_columns", 1)

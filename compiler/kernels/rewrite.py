@@ -1,10 +1,11 @@
-"""The pass that gives every CONV of a training module its hand-scheduled NHWC kernel.
+"""The pass that gives every CONV (and dense matmul) of a training module its hand-scheduled kernel.
 
 It rewrites the three forms a CONV takes in the training graph (conv_gradient.py makes the last two):
 - forward ``conv2d`` NCHW/OIHW             -> direct NHWC CONV
 - dgrad ``conv2d_transpose`` NCHW/IOHW     -> direct NHWC CONV over (zero-dilated) padded dY, weights rotated
 - wgrad ``conv2d`` CNHW/IOHW (+ the slice of its extra taps) -> NHWC weight gradient of exactly R x S taps
-skeleton forms included (they are the same ops on k channels).  Each becomes layout kernels + the CONV
+skeleton forms included (they are the same ops on k channels); and every 2-D ``matmul`` (FC forward, dX, dW)
+-> matmul.py.  Each becomes layout kernels + the CONV
 kernel, so the public NCHW/OIHW tensors are unchanged.  Grouped CONVs and other out_dtypes keep TVM's
 lowering.  Identical kernels are added once; identical layout conversions of one tensor are merged
 (EliminateCommonSubexpr), so the forward and the wgrad share X's channels-last copy.
@@ -13,10 +14,10 @@ lowering.  Identical kernels are added once; identical layout conversions of one
 import tvm
 from tvm import relax
 
-from . import direct, layout, wgrad
+from . import direct, layout, matmul, wgrad
 from .tiles import target_isa
 
-FORWARD, DGRAD, WGRAD = "forward", "dgrad", "wgrad"
+FORWARD, DGRAD, WGRAD, MATMUL = "forward", "dgrad", "wgrad", "matmul"
 
 
 def _ints(values):
@@ -32,8 +33,10 @@ def _is_op(expr, name):
 
 
 def conv_kind(call):
-    """FORWARD, DGRAD or WGRAD for a CONV call these kernels cover, else None."""
-    if _is_op(call, "relax.nn.conv2d"):
+    """FORWARD, DGRAD, WGRAD or MATMUL for a call these kernels cover, else None."""
+    if _is_op(call, "relax.matmul"):
+        kind = MATMUL if all(_is_static_matrix(arg) for arg in call.args) else None
+    elif _is_op(call, "relax.nn.conv2d"):
         layouts = (call.attrs.data_layout, call.attrs.kernel_layout, call.attrs.out_layout)
         kind = {("NCHW", "OIHW", "NCHW"): FORWARD, ("CNHW", "IOHW", "CNHW"): WGRAD}.get(layouts)
     elif _is_op(call, "relax.nn.conv2d_transpose"):
@@ -44,9 +47,15 @@ def conv_kind(call):
     dtype = str(call.args[0].ty.dtype)
     same_dtype = call.attrs.out_dtype is None or str(call.attrs.out_dtype) in ("", "void", dtype)
     same_dtype = same_dtype and str(call.args[1].ty.dtype) == dtype
-    if kind is None or int(call.attrs.groups) != 1 or not same_dtype or dtype not in ("float32", "float64"):
+    grouped = kind in (FORWARD, DGRAD, WGRAD) and int(call.attrs.groups) != 1
+    if kind is None or grouped or not same_dtype or dtype not in ("float32", "float64"):
         return None
     return kind
+
+
+def _is_static_matrix(expr):
+    shape = getattr(expr.ty, "shape", None)
+    return shape is not None and len(shape) == 2 and all(isinstance(d, tvm.tirx.IntImm) for d in shape)
 
 
 @tvm.transform.module_pass(opt_level=0, name="UseConvKernels")
@@ -101,6 +110,8 @@ class _Rewriter(relax.PyExprMutator):
             return self._forward(call)
         if kind == DGRAD:
             return self._data_grad(call)
+        if kind == MATMUL:
+            return self._matmul(call)
         return self._weight_grad(call, _shape(call)[2:])
 
     def _kernel(self, make, *args, role=None):
@@ -159,6 +170,20 @@ class _Rewriter(relax.PyExprMutator):
                         dilation, (h, wd), dtype, self.isa, role="conv_dgrad")
         return relax.call_tir(self._kernel(layout.to_channels_first, (n, h, wd, cp), dtype, c), [dx],
                               relax.TensorType((n, c, h, wd), dtype))
+
+    def _matmul(self, call):
+        a, b = call.args
+        dtype = str(a.ty.dtype)
+        (m, _), (k, n) = _shape(a), _shape(b)
+        npad = self._padded(n, dtype)
+        if npad != n:
+            b = self._call((k, npad), dtype, layout.pad_columns, [b], (k, n), dtype, npad)
+        product = relax.call_tir(self._kernel(matmul.matmul, (m, k), (k, npad), dtype, self.isa), [a, b],
+                                 relax.TensorType((m, npad), dtype))
+        if npad == n:
+            return product
+        return relax.call_tir(self._kernel(layout.first_columns, (m, npad), dtype, n), [self.builder_.emit(product)],
+                              relax.TensorType((m, n), dtype))
 
     def _weight_grad(self, call, kernel_hw):
         x, dy = call.args

@@ -2,8 +2,10 @@
 
 
 def parallel_outer(sch, loops):
-    """Fuse the outer ``loops`` into one parallel loop: one task per fused iteration."""
-    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+    """Fuse the outer ``loops`` into one parallel loop (returned): one task per fused iteration."""
+    loop = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(loop)
+    return loop
 
 
 def split_channels(sch, loop, tile):
@@ -20,6 +22,15 @@ def vectorize_last_loop(sch, *blocks):
 
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps fuses nothing into it (FuseTIR would drop the schedule)
+
+
+def accumulate_in_registers(sch, block, tile_loop, first_reduction):
+    """Keep the register tile in a local buffer written back once per ``tile_loop`` iteration; init and
+    write-back vectorised."""
+    accumulators = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(accumulators, tile_loop)
+    init = sch.decompose_reduction(block, first_reduction)
+    vectorize_last_loop(sch, init, accumulators)
 
 
 def scheduled(sch):
