@@ -24,6 +24,9 @@ CASES = [
     (2, 4, 8, 9, 3, 1, 2, 2),  # dilated
     (1, 16, 3, 6, 3, 2, 0, 1),  # no padding, 3 outputs
     (3, 1, 4, 12, 3, 3, 1, 1),  # stride 3, one input channel
+    (2, 8, 16, 8, 1, 2, 0, 1),  # resnet's 1x1 stride-2 shortcut: three of four dgrad phases get no tap
+    (1, 3, 8, 10, 4, 2, 1, 1),  # even kernel, stride 2
+    (1, 2, 8, 5, 3, 2, 2, 2),  # dilated and strided: zero-dilated dY
 ]
 
 

@@ -14,7 +14,7 @@ lowering.  Identical kernels are added once; identical layout conversions of one
 import tvm
 from tvm import relax
 
-from . import direct, layout, matmul, wgrad
+from . import direct, layout, matmul, phases, wgrad
 from .tiles import target_isa
 
 FORWARD, DGRAD, WGRAD, MATMUL = "forward", "dgrad", "wgrad", "matmul"
@@ -163,6 +163,8 @@ class _Rewriter(relax.PyExprMutator):
         if stride[0] != stride[1]:
             return call  # the zero-dilation below spaces both axes alike
         cp = self._padded(c, dtype)
+        if stride[0] > 1 and dilation == (1, 1):
+            return self._data_grad_by_phase(dy, w, (h, wd), (top, left), stride[0], cp)
         dyp = self._call((n, hp, wp, o), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, (hp, wp), before,
                          stride[0])
         wf = self._call((kh, kw, o, cp), dtype, layout.filter_to_flipped_hwoi, [w], _shape(w), dtype, cp)
@@ -170,6 +172,29 @@ class _Rewriter(relax.PyExprMutator):
                         dilation, (h, wd), dtype, self.isa, role="conv_dgrad")
         return relax.call_tir(self._kernel(layout.to_channels_first, (n, h, wd, cp), dtype, c), [dx],
                               relax.TensorType((n, c, h, wd), dtype))
+
+    def _data_grad_by_phase(self, dy, w, out_hw, pads, stride, cp):
+        """A stride-S dgrad as S x S stride-1 CONVs, one per output phase (phases.py), interleaved into dX."""
+        dtype = str(dy.ty.dtype)
+        (n, o, _, _), (_, c, kh, kw) = _shape(dy), _shape(w)
+        outputs, shapes = [], []
+        for rows in phases.axis_phases(out_hw[0], kh, stride, pads[0]):
+            for cols in phases.axis_phases(out_hw[1], kw, stride, pads[1]):
+                if not rows.taps or not cols.taps or not rows.size or not cols.size:
+                    shapes.append(None)
+                    continue
+                window = (rows.size + rows.taps - 1, cols.size + cols.taps - 1)
+                dyp = self._call((n, *window, o), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, window,
+                                 (rows.before, cols.before))
+                wf = self._call((rows.taps, cols.taps, o, cp), dtype, phases.filter_phase, [w], _shape(w), dtype, rows,
+                                cols, stride, cp)
+                shape = (n, rows.size, cols.size, cp)
+                outputs.append(self._call(shape, dtype, direct.direct_conv, [dyp, wf], (n, *window, o),
+                                          (rows.taps, cols.taps, o, cp), (1, 1), (1, 1), shape[1:3], dtype, self.isa,
+                                          role="conv_dgrad"))
+                shapes.append(shape)
+        return relax.call_tir(self._kernel(phases.interleave_phases, tuple(shapes), dtype, stride, c, out_hw), outputs,
+                              relax.TensorType((n, c, *out_hw), dtype))
 
     def _matmul(self, call):
         a, b = call.args
