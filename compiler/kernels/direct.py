@@ -1,9 +1,11 @@
 """The direct NHWC CONV: one TE definition and one hand-written schedule, for the forward and the dgrad.
 
-    out[n, h, w, o] = sum_{r, s, c} inp[n, h*S + r*D, w*S + s*D, c] * weight[r, s, c, o]
+    out[n, h, w, o] = sum_{r, s, c} inp[n, h*S + r*D, w*S + s*D, c] * weight[o / T, r, s, c, o % T]
 
 ``inp`` is already padded (layout.py); ``o`` is a multiple of the vector lanes (the caller pads the
-weights), so the output channels vectorise with no tail.  The register tile is ``pixels`` output
+weights), so the output channels vectorise with no tail.  The weights come packed by channel tile
+(T = the tile's channels, ``weight_tile``): a tile's weights are one contiguous stream over (r, s, c),
+where in [R, S, C, O] each step of c jumped O channels (512-channel layers ran at half speed).  The register tile is ``pixels`` output
 pixels x ``vectors`` channel vectors, accumulated over the whole reduction (r, s, c outside the tile);
 one parallel task per (channel tile, image, output row).  Stride-1 dgrad is this CONV over padded dY with the flipped,
 transposed weights (rewrite.py).
@@ -15,25 +17,33 @@ from .schedule import accumulate_in_registers, parallel_outer, scheduled, split_
 from .tiles import conv_tile
 
 
+def weight_tile(isa, dtype, out_channels, out_width):
+    """T: the output channels of the register tile, by which the caller packs the weights."""
+    return conv_tile(isa, dtype, out_channels, out_width).channels
+
+
 def direct_conv(inp_shape, weight_shape, stride, dilation, out_hw, dtype, isa):
-    """PrimFunc(inp [N, Hp, Wp, C], weight [R, S, C, O]) -> out [N, OH, OW, O], scheduled for ``isa``."""
+    """PrimFunc(inp [N, Hp, Wp, C], weight [O/T, R, S, C, T]) -> out [N, OH, OW, O], scheduled for ``isa``;
+    ``weight_shape`` is the logical [R, S, C, O]."""
     n_, _, _, c_ = inp_shape
     kr, ks, _, o_ = weight_shape
     oh_, ow_ = out_hw
+    tile = conv_tile(isa, dtype, o_, ow_)
+    block = tile.channels
     inp = te.placeholder(inp_shape, dtype, name="inp")
-    weight = te.placeholder(weight_shape, dtype, name="weight")
+    weight = te.placeholder((o_ // block, kr, ks, c_, block), dtype, name="weight")
     r = te.reduce_axis((0, kr), "r")
     s = te.reduce_axis((0, ks), "s")
     c = te.reduce_axis((0, c_), "c")
     out = te.compute(
         (n_, oh_, ow_, o_),
         lambda n, h, w, o: te.sum(
-            inp[n, h * stride[0] + r * dilation[0], w * stride[1] + s * dilation[1], c] * weight[r, s, c, o],
+            inp[n, h * stride[0] + r * dilation[0], w * stride[1] + s * dilation[1], c] * weight[o // block, r, s, c, o % block],
             axis=[r, s, c],
         ),
         name="conv",
     )
-    return _schedule(te.create_prim_func([inp, weight, out]), conv_tile(isa, dtype, o_, ow_))
+    return _schedule(te.create_prim_func([inp, weight, out]), tile)
 
 
 def _schedule(func, tile):

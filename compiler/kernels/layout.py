@@ -49,29 +49,31 @@ def to_channels_first(src_shape, dtype, channels):
     return _transposed(te.create_prim_func([src, out]), "to_nchw", lambda n, c, h, w: (n, h, c, w))
 
 
-def filter_to_hwio(weight_shape, dtype, out_channels):
-    """PrimFunc(W [O, C, R, S]) -> [R, S, C, O']: the forward's weights, output channels padded to O'."""
+def filter_to_hwio(weight_shape, dtype, out_channels, block):
+    """PrimFunc(W [O, C, R, S]) -> [O'/T, R, S, C, T]: the forward's weights packed by output-channel tile T
+    (direct.py), output channels padded to O'."""
     o_, c_, r_, s_ = weight_shape
     weight = te.placeholder(weight_shape, dtype, name="weight")
-    out = te.compute(
-        (r_, s_, c_, out_channels),
-        lambda r, s, c, o: tirx.if_then_else(o < o_, weight[_clamp(o, o_), c, r, s], tirx.const(0, dtype)),
-        name="to_hwio",
-    )
+
+    def value(ob, r, s, c, t):
+        o = ob * block + t
+        return tirx.if_then_else(o < o_, weight[_clamp(o, o_), c, r, s], tirx.const(0, dtype))
+
+    out = te.compute((out_channels // block, r_, s_, c_, block), value, name="to_hwio")
     return _parallel(te.create_prim_func([weight, out]), "to_hwio", 2)
 
 
-def filter_to_flipped_hwoi(weight_shape, dtype, in_channels):
-    """PrimFunc(W [O, C, R, S]) -> [R, S, O, C']: W rotated 180 degrees, the dgrad's weights (C padded to C')."""
+def filter_to_flipped_hwoi(weight_shape, dtype, in_channels, block):
+    """PrimFunc(W [O, C, R, S]) -> [C'/T, R, S, O, T]: W rotated 180 degrees, the dgrad's weights, packed by
+    input-channel tile T (C padded to C')."""
     o_, c_, r_, s_ = weight_shape
     weight = te.placeholder(weight_shape, dtype, name="weight")
-    out = te.compute(
-        (r_, s_, o_, in_channels),
-        lambda r, s, o, c: tirx.if_then_else(
-            c < c_, weight[o, _clamp(c, c_), r_ - 1 - r, s_ - 1 - s], tirx.const(0, dtype)
-        ),
-        name="to_flipped_hwoi",
-    )
+
+    def value(cb, r, s, o, t):
+        c = cb * block + t
+        return tirx.if_then_else(c < c_, weight[o, _clamp(c, c_), r_ - 1 - r, s_ - 1 - s], tirx.const(0, dtype))
+
+    out = te.compute((in_channels // block, r_, s_, o_, block), value, name="to_flipped_hwoi")
     return _parallel(te.create_prim_func([weight, out]), "to_flipped_hwoi", 2)
 
 
@@ -105,16 +107,18 @@ def _parallel(func, name, outer):
     return scheduled(sch)
 
 
-def pad_columns(shape, dtype, columns):
-    """PrimFunc(B [K, N]) -> [K, N']: a matmul's right operand with columns N..N' zero (vector padding)."""
+def pack_columns(shape, dtype, columns, block):
+    """PrimFunc(B [K, N]) -> [N'/T, K, T]: a matmul's right operand packed by column tile T (matmul.py),
+    columns N..N' zero (vector padding)."""
     k_, n_ = shape
     src = te.placeholder(shape, dtype, name="src")
-    out = te.compute(
-        (k_, columns),
-        lambda k, j: tirx.if_then_else(j < n_, src[k, _clamp(j, n_)], tirx.const(0, dtype)),
-        name="pad_columns",
-    )
-    return _parallel(te.create_prim_func([src, out]), "pad_columns", 1)
+
+    def value(jb, k, t):
+        j = jb * block + t
+        return tirx.if_then_else(j < n_, src[k, _clamp(j, n_)], tirx.const(0, dtype))
+
+    out = te.compute((columns // block, k_, block), value, name="pack_columns")
+    return _parallel(te.create_prim_func([src, out]), "pack_columns", 2)
 
 
 def first_columns(shape, dtype, columns):

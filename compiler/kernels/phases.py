@@ -34,17 +34,19 @@ def axis_phases(size, kernel, stride, pad):
     return phases
 
 
-def filter_phase(weight_shape, dtype, rows, cols, stride, in_channels):
-    """PrimFunc(W [O, C, R, S]) -> [U, V, O, C']: the taps of one phase, rotated (tap u reads row r0 + S(U-1-u))."""
+def filter_phase(weight_shape, dtype, rows, cols, stride, in_channels, block):
+    """PrimFunc(W [O, C, R, S]) -> [C'/T, U, V, O, T]: the taps of one phase, rotated (tap u reads row
+    r0 + S(U-1-u)), packed by input-channel tile T as direct.py wants."""
     o_, c_, _, _ = weight_shape
     weight = te.placeholder(weight_shape, dtype, name="weight")
 
-    def value(u, v, o, c):
+    def value(cb, u, v, o, t):
+        c = cb * block + t
         r = rows.first_tap + stride * (rows.taps - 1 - u)
         s = cols.first_tap + stride * (cols.taps - 1 - v)
         return tirx.if_then_else(c < c_, weight[o, tirx.min(c, c_ - 1), r, s], tirx.const(0, dtype))
 
-    out = te.compute((rows.taps, cols.taps, o_, in_channels), value, name="filter_phase")
+    out = te.compute((in_channels // block, rows.taps, cols.taps, o_, block), value, name="filter_phase")
     sch = s_tir.Schedule(te.create_prim_func([weight, out]))
     parallel_outer(sch, sch.get_loops(sch.get_sblock("filter_phase"))[:2])
     return scheduled(sch)

@@ -145,7 +145,8 @@ class _Rewriter(relax.PyExprMutator):
         stride, dilation = _ints(call.attrs.strides), _ints(call.attrs.dilation)
         xp, (hp, wp) = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
         op = self._padded(o, dtype)
-        wt = self._call((kh, kw, c, op), dtype, layout.filter_to_hwio, [w], _shape(w), dtype, op)
+        block = direct.weight_tile(self.isa, dtype, op, ow)
+        wt = self._call((op // block, kh, kw, c, block), dtype, layout.filter_to_hwio, [w], _shape(w), dtype, op, block)
         y = self._call((n, oh, ow, op), dtype, direct.direct_conv, [xp, wt], (n, hp, wp, c), (kh, kw, c, op), stride,
                        dilation, (oh, ow), dtype, self.isa, role="conv_forward")
         return relax.call_tir(self._kernel(layout.to_channels_first, (n, oh, ow, op), dtype, o), [y],
@@ -167,7 +168,9 @@ class _Rewriter(relax.PyExprMutator):
             return self._data_grad_by_phase(dy, w, (h, wd), (top, left), stride[0], cp)
         dyp = self._call((n, hp, wp, o), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, (hp, wp), before,
                          stride[0])
-        wf = self._call((kh, kw, o, cp), dtype, layout.filter_to_flipped_hwoi, [w], _shape(w), dtype, cp)
+        block = direct.weight_tile(self.isa, dtype, cp, wd)
+        wf = self._call((cp // block, kh, kw, o, block), dtype, layout.filter_to_flipped_hwoi, [w], _shape(w), dtype, cp,
+                        block)
         dx = self._call((n, h, wd, cp), dtype, direct.direct_conv, [dyp, wf], (n, hp, wp, o), (kh, kw, o, cp), (1, 1),
                         dilation, (h, wd), dtype, self.isa, role="conv_dgrad")
         return relax.call_tir(self._kernel(layout.to_channels_first, (n, h, wd, cp), dtype, c), [dx],
@@ -186,8 +189,9 @@ class _Rewriter(relax.PyExprMutator):
                 window = (rows.size + rows.taps - 1, cols.size + cols.taps - 1)
                 dyp = self._call((n, *window, o), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, window,
                                  (rows.before, cols.before))
-                wf = self._call((rows.taps, cols.taps, o, cp), dtype, phases.filter_phase, [w], _shape(w), dtype, rows,
-                                cols, stride, cp)
+                block = direct.weight_tile(self.isa, dtype, cp, cols.size)
+                wf = self._call((cp // block, rows.taps, cols.taps, o, block), dtype, phases.filter_phase, [w], _shape(w),
+                                dtype, rows, cols, stride, cp, block)
                 shape = (n, rows.size, cols.size, cp)
                 outputs.append(self._call(shape, dtype, direct.direct_conv, [dyp, wf], (n, *window, o),
                                           (rows.taps, cols.taps, o, cp), (1, 1), (1, 1), shape[1:3], dtype, self.isa,
@@ -201,9 +205,9 @@ class _Rewriter(relax.PyExprMutator):
         dtype = str(a.ty.dtype)
         (m, _), (k, n) = _shape(a), _shape(b)
         npad = self._padded(n, dtype)
-        if npad != n:
-            b = self._call((k, npad), dtype, layout.pad_columns, [b], (k, n), dtype, npad)
-        product = relax.call_tir(self._kernel(matmul.matmul, (m, k), (k, npad), dtype, self.isa), [a, b],
+        block = matmul.column_tile(self.isa, dtype, npad, m)
+        packed = self._call((npad // block, k, block), dtype, layout.pack_columns, [b], (k, n), dtype, npad, block)
+        product = relax.call_tir(self._kernel(matmul.matmul, (m, k), (k, npad), dtype, self.isa), [a, packed],
                                  relax.TensorType((m, npad), dtype))
         if npad == n:
             return product
