@@ -22,23 +22,35 @@ def _source_index(i, before, dilate, extent):
     return inside, _clamp(index, extent)
 
 
-def to_channels_last(src_shape, dtype, out_hw, before_hw, dilate=1, out_channels=None):
-    """PrimFunc(src [N, C, H, W]) -> [N, OH, OW, C'] with src[n, c, i, j] at (before + i*dilate, before + j*dilate).
+def to_channels_last(src_shape, dtype, out_hw, before_hw, dilate=1):
+    """PrimFunc(src [N, C, H, W]) -> [N, OH, OW, C] with src[n, c, i, j] at (before + i*dilate, before + j*dilate).
 
-    Positions that no source element lands on are 0 (the CONV's padding, a stride-2 dgrad's zero-dilation);
-    ``before`` may be negative (cropping); channels C..C' are 0 (vector padding)."""
+    Positions that no source element lands on are 0 (the CONV's padding, a dilated strided dgrad's
+    zero-dilation); ``before`` may be negative (cropping)."""
     n_, c_, h_, w_ = src_shape
-    out_channels = out_channels or c_
     src = te.placeholder(src_shape, dtype, name="src")
 
     def value(n, h, w, c):
         h_in, h_index = _source_index(h, before_hw[0], dilate, h_)
         w_in, w_index = _source_index(w, before_hw[1], dilate, w_)
-        inside = tirx.all(h_in, w_in, c < c_)
-        return tirx.if_then_else(inside, src[n, _clamp(c, c_), h_index, w_index], tirx.const(0, dtype))
+        return tirx.if_then_else(tirx.all(h_in, w_in), src[n, c, h_index, w_index], tirx.const(0, dtype))
 
-    out = te.compute((n_, *out_hw, out_channels), value, name="to_nhwc")
+    out = te.compute((n_, *out_hw, c_), value, name="to_nhwc")
     return _transposed(te.create_prim_func([src, out]), "to_nhwc", lambda n, h, w, c: (n, h, w, c))
+
+
+def to_channel_tiles(src_shape, dtype, out_channels, block):
+    """PrimFunc(src [N, C, H, W]) -> [C'/T, N, H, W, T]: channels-last within tiles of T channels (wgrad.py's
+    dY), channels C..C' zero."""
+    n_, c_, h_, w_ = src_shape
+    src = te.placeholder(src_shape, dtype, name="src")
+
+    def value(cb, n, h, w, t):
+        c = cb * block + t
+        return tirx.if_then_else(c < c_, src[n, _clamp(c, c_), h, w], tirx.const(0, dtype))
+
+    out = te.compute((out_channels // block, n_, h_, w_, block), value, name="to_tiles")
+    return _parallel(te.create_prim_func([src, out]), "to_tiles", 3)
 
 
 def to_channels_first(src_shape, dtype, channels):

@@ -222,7 +222,8 @@ class _Rewriter(relax.PyExprMutator):
         dilation, stride = _ints(call.attrs.strides), _ints(call.attrs.dilation)  # swapped in the wgrad form
         xp, (hp, wp) = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
         op = self._padded(o, dtype)
-        dyn = self._call((n, oh, ow, op), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, (oh, ow), (0, 0), 1, op)
+        block = wgrad.dy_tile(self.isa, dtype, op, c)
+        dyn = self._call((op // block, n, oh, ow, block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype, op, block)
         dw = self._call((kh, kw, c, op), dtype, wgrad.weight_grad, [xp, dyn], (n, hp, wp, c), (n, oh, ow, op), (kh, kw),
                         stride, dilation, dtype, self.isa, role="conv_wgrad")
         return relax.call_tir(self._kernel(layout.filter_from_hwio, (kh, kw, c, op), dtype, o), [dw],

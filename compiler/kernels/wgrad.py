@@ -16,24 +16,33 @@ from .schedule import parallel_outer, scheduled, split_channels, vectorize_last_
 from .tiles import conv_tile
 
 
+def dy_tile(isa, dtype, out_channels, in_channels):
+    """T: the output channels of the register tile, by which the caller packs dY."""
+    return conv_tile(isa, dtype, out_channels, in_channels).channels
+
+
 def weight_grad(inp_shape, dy_shape, kernel_hw, stride, dilation, dtype, isa):
-    """PrimFunc(inp [N, Hp, Wp, C], dy [N, OH, OW, O]) -> dW [R, S, C, O], scheduled for ``isa``."""
+    """PrimFunc(inp [N, Hp, Wp, C], dy [O/T, N, OH, OW, T]) -> dW [R, S, C, O], scheduled for ``isa``;
+    ``dy_shape`` is the logical [N, OH, OW, O].  dY comes packed by channel tile (``dy_tile``) so that a
+    tile's dY row is contiguous."""
     n_, _, _, c_ = inp_shape
     _, oh_, ow_, o_ = dy_shape
+    tile = conv_tile(isa, dtype, o_, c_)
+    block = tile.channels
     inp = te.placeholder(inp_shape, dtype, name="inp")
-    dy = te.placeholder(dy_shape, dtype, name="dy")
+    dy = te.placeholder((o_ // block, n_, oh_, ow_, block), dtype, name="dy")
     n = te.reduce_axis((0, n_), "n")
     h = te.reduce_axis((0, oh_), "h")
     w = te.reduce_axis((0, ow_), "w")
     dw = te.compute(
         (*kernel_hw, c_, o_),
         lambda r, s, c, o: te.sum(
-            inp[n, h * stride[0] + r * dilation[0], w * stride[1] + s * dilation[1], c] * dy[n, h, w, o],
+            inp[n, h * stride[0] + r * dilation[0], w * stride[1] + s * dilation[1], c] * dy[o // block, n, h, w, o % block],
             axis=[n, h, w],
         ),
         name="wgrad",
     )
-    return _schedule(te.create_prim_func([inp, dy, dw]), conv_tile(isa, dtype, o_, c_))
+    return _schedule(te.create_prim_func([inp, dy, dw]), tile)
 
 
 def _schedule(func, tile):
