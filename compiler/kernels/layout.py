@@ -7,10 +7,10 @@ public layout (ONNX's NCHW activations, OIHW weights) is untouched outside these
 
 from tvm import s_tir, te, tirx
 
-from .schedule import parallel_outer, scheduled
+from .schedule import parallel_copy, parallel_outer, scheduled
 
 
-def _clamp(index, extent):
+def clamp(index, extent):
     return tirx.max(tirx.min(index, extent - 1), 0)
 
 
@@ -19,7 +19,7 @@ def _source_index(i, before, dilate, extent):
     shifted = i - before
     index = tirx.floordiv(shifted, dilate)
     inside = tirx.all(shifted >= 0, tirx.floormod(shifted, dilate) == 0, index < extent)
-    return inside, _clamp(index, extent)
+    return inside, clamp(index, extent)
 
 
 def to_channels_last(src_shape, dtype, out_hw, before_hw, dilate=1):
@@ -47,10 +47,10 @@ def to_channel_tiles(src_shape, dtype, out_channels, block):
 
     def value(cb, n, h, w, t):
         c = cb * block + t
-        return tirx.if_then_else(c < c_, src[n, _clamp(c, c_), h, w], tirx.const(0, dtype))
+        return tirx.if_then_else(c < c_, src[n, clamp(c, c_), h, w], tirx.const(0, dtype))
 
     out = te.compute((out_channels // block, n_, h_, w_, block), value, name="to_tiles")
-    return _parallel(te.create_prim_func([src, out]), "to_tiles", 3)
+    return parallel_copy(te.create_prim_func([src, out]), "to_tiles", 3)
 
 
 def to_channels_first(src_shape, dtype, channels):
@@ -69,10 +69,10 @@ def filter_to_hwio(weight_shape, dtype, out_channels, block):
 
     def value(ob, r, s, c, t):
         o = ob * block + t
-        return tirx.if_then_else(o < o_, weight[_clamp(o, o_), c, r, s], tirx.const(0, dtype))
+        return tirx.if_then_else(o < o_, weight[clamp(o, o_), c, r, s], tirx.const(0, dtype))
 
     out = te.compute((out_channels // block, r_, s_, c_, block), value, name="to_hwio")
-    return _parallel(te.create_prim_func([weight, out]), "to_hwio", 2)
+    return parallel_copy(te.create_prim_func([weight, out]), "to_hwio", 2)
 
 
 def filter_to_flipped_hwoi(weight_shape, dtype, in_channels, block):
@@ -83,10 +83,10 @@ def filter_to_flipped_hwoi(weight_shape, dtype, in_channels, block):
 
     def value(cb, r, s, o, t):
         c = cb * block + t
-        return tirx.if_then_else(c < c_, weight[o, _clamp(c, c_), r_ - 1 - r, s_ - 1 - s], tirx.const(0, dtype))
+        return tirx.if_then_else(c < c_, weight[o, clamp(c, c_), r_ - 1 - r, s_ - 1 - s], tirx.const(0, dtype))
 
     out = te.compute((in_channels // block, r_, s_, o_, block), value, name="to_flipped_hwoi")
-    return _parallel(te.create_prim_func([weight, out]), "to_flipped_hwoi", 2)
+    return parallel_copy(te.create_prim_func([weight, out]), "to_flipped_hwoi", 2)
 
 
 def filter_from_hwio(grad_shape, dtype, out_channels):
@@ -94,7 +94,7 @@ def filter_from_hwio(grad_shape, dtype, out_channels):
     r_, s_, c_, _ = grad_shape
     grad = te.placeholder(grad_shape, dtype, name="grad")
     out = te.compute((out_channels, c_, r_, s_), lambda o, c, r, s: grad[r, s, c, o], name="to_oihw")
-    return _parallel(te.create_prim_func([grad, out]), "to_oihw", 2)
+    return parallel_copy(te.create_prim_func([grad, out]), "to_oihw", 2)
 
 
 BLOCK = 8  # a transpose moves 8 x 8 blocks: both sides touch whole cache lines
@@ -113,12 +113,6 @@ def _transposed(func, name, order):
     return scheduled(sch)
 
 
-def _parallel(func, name, outer):
-    sch = s_tir.Schedule(func)
-    parallel_outer(sch, sch.get_loops(sch.get_sblock(name))[:outer])
-    return scheduled(sch)
-
-
 def pack_columns(shape, dtype, columns, block):
     """PrimFunc(B [K, N]) -> [N'/T, K, T]: a matmul's right operand packed by column tile T (matmul.py),
     columns N..N' zero (vector padding)."""
@@ -127,10 +121,10 @@ def pack_columns(shape, dtype, columns, block):
 
     def value(jb, k, t):
         j = jb * block + t
-        return tirx.if_then_else(j < n_, src[k, _clamp(j, n_)], tirx.const(0, dtype))
+        return tirx.if_then_else(j < n_, src[k, clamp(j, n_)], tirx.const(0, dtype))
 
     out = te.compute((columns // block, k_, block), value, name="pack_columns")
-    return _parallel(te.create_prim_func([src, out]), "pack_columns", 2)
+    return parallel_copy(te.create_prim_func([src, out]), "pack_columns", 2)
 
 
 def first_columns(shape, dtype, columns):
@@ -138,4 +132,4 @@ def first_columns(shape, dtype, columns):
     m_, _ = shape
     src = te.placeholder(shape, dtype, name="src")
     out = te.compute((m_, columns), lambda i, j: src[i, j], name="first_columns")
-    return _parallel(te.create_prim_func([src, out]), "first_columns", 1)
+    return parallel_copy(te.create_prim_func([src, out]), "first_columns", 1)

@@ -9,9 +9,10 @@ stride 2).  Dilation 1 only (rewrite.py keeps zero-dilation for dilated strided 
 
 from dataclasses import dataclass
 
-from tvm import s_tir, te, tirx
+from tvm import te, tirx
 
-from .schedule import parallel_outer, scheduled
+from .layout import clamp
+from .schedule import parallel_copy
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,10 @@ def filter_phase(weight_shape, dtype, rows, cols, stride, in_channels, block):
         c = cb * block + t
         r = rows.first_tap + stride * (rows.taps - 1 - u)
         s = cols.first_tap + stride * (cols.taps - 1 - v)
-        return tirx.if_then_else(c < c_, weight[o, tirx.min(c, c_ - 1), r, s], tirx.const(0, dtype))
+        return tirx.if_then_else(c < c_, weight[o, clamp(c, c_), r, s], tirx.const(0, dtype))
 
     out = te.compute((in_channels // block, rows.taps, cols.taps, o_, block), value, name="filter_phase")
-    sch = s_tir.Schedule(te.create_prim_func([weight, out]))
-    parallel_outer(sch, sch.get_loops(sch.get_sblock("filter_phase"))[:2])
-    return scheduled(sch)
+    return parallel_copy(te.create_prim_func([weight, out]), "filter_phase", 2)
 
 
 def interleave_phases(phase_shapes, dtype, stride, channels, out_hw):
@@ -66,12 +65,10 @@ def interleave_phases(phase_shapes, dtype, stride, channels, out_hw):
             a, b = divmod(index, stride)
             _, ha, wb, _ = phase_shapes[index]
             here = tirx.all(tirx.floormod(h, stride) == a, tirx.floormod(w, stride) == b)
-            i = tirx.min(tirx.floordiv(h, stride), ha - 1)
-            j = tirx.min(tirx.floordiv(w, stride), wb - 1)
+            i = clamp(tirx.floordiv(h, stride), ha)
+            j = clamp(tirx.floordiv(w, stride), wb)
             result = tirx.if_then_else(here, src[n, i, j, c], result)
         return result
 
     out = te.compute((n_, channels, *out_hw), value, name="interleave")
-    sch = s_tir.Schedule(te.create_prim_func([src for src in sources if src is not None] + [out]))
-    parallel_outer(sch, sch.get_loops(sch.get_sblock("interleave"))[:2])
-    return scheduled(sch)
+    return parallel_copy(te.create_prim_func([src for src in sources if src is not None] + [out]), "interleave", 2)

@@ -1,11 +1,20 @@
 """Schedule steps every hand-written kernel shares."""
 
+from tvm import s_tir
+
 
 def parallel_outer(sch, loops):
     """Fuse the outer ``loops`` into one parallel loop (returned): one task per fused iteration."""
     loop = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     sch.parallel(loop)
     return loop
+
+
+def parallel_copy(func, name, outer):
+    """Schedule a layout or packing kernel: its ``outer`` loops fused into one parallel loop."""
+    sch = s_tir.Schedule(func)
+    parallel_outer(sch, sch.get_loops(sch.get_sblock(name))[:outer])
+    return scheduled(sch)
 
 
 def split_channels(sch, loop, tile):
