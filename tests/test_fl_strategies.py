@@ -72,7 +72,7 @@ def test_fedavg_sends_everything_both_ways():
 
 
 def test_fedskel_uploads_k_skeleton_rows_of_conv_and_whole_dense_layers():
-    strategy = get_strategy("fedskel", LENET5)
+    strategy = get_strategy("fedskel", LENET5, local="none")
     params, skeleton = random_params(LENET5, 1), skeleton_of(LENET5, 3)
 
     up = strategy.client_update(params, skeleton, num_examples=4)
@@ -89,7 +89,7 @@ def test_fedskel_uploads_k_skeleton_rows_of_conv_and_whole_dense_layers():
 
 
 def test_fedskel_download_overwrites_only_the_skeleton_rows():
-    strategy = get_strategy("fedskel", SMALL)
+    strategy = get_strategy("fedskel", SMALL, local="none")
     local, glob = random_params(SMALL, 1), random_params(SMALL, 2)
     skeleton = {"conv.weight": np.array([3, 0])}
 
@@ -103,7 +103,7 @@ def test_fedskel_download_overwrites_only_the_skeleton_rows():
 
 
 def test_fedskel_without_a_skeleton_exchanges_the_full_model():
-    strategy = get_strategy("fedskel", SMALL)
+    strategy = get_strategy("fedskel", SMALL, local="none")
     params = random_params(SMALL, 1)
     for message in (strategy.client_update(params, None, 3), strategy.server_message(params, None)):
         assert set(message.entries) == set(SMALL.names)
@@ -111,7 +111,7 @@ def test_fedskel_without_a_skeleton_exchanges_the_full_model():
 
 
 def test_fedskel_round_averages_each_filter_over_the_clients_that_sent_it():
-    strategy = get_strategy("fedskel", SMALL)
+    strategy = get_strategy("fedskel", SMALL, local="none")
     glob = random_params(SMALL, 0)
     a = {n: np.full(SMALL.shape(n), 1.0, np.float32) for n in SMALL.names}
     b = {n: np.full(SMALL.shape(n), 4.0, np.float32) for n in SMALL.names}
@@ -134,7 +134,7 @@ def test_fedskel_round_averages_each_filter_over_the_clients_that_sent_it():
 def test_fedskel_upload_bytes_drop_by_exactly_the_unsent_conv_rows(layout):
     params, skeleton = random_params(layout, 1), skeleton_of(layout, 2)
     fedavg_bytes = len(encode(get_strategy("fedavg", layout).client_update(params, skeleton, 1)))
-    fedskel_bytes = len(encode(get_strategy("fedskel", layout).client_update(params, skeleton, 1)))
+    fedskel_bytes = len(encode(get_strategy("fedskel", layout, local="none").client_update(params, skeleton, 1)))
 
     saved = 0
     for conv in layout.conv_layers:
@@ -155,7 +155,8 @@ def test_fedskel_upload_at_r_0_3_is_much_smaller_when_conv_weights_dominate():
 @pytest.mark.parametrize(
     "skeleton, message",
     [
-        ({"conv.weight": np.array([0])}, r"conv.weight: .*k=2 indices, got shape \(1,\)"),
+        ({"conv.weight": np.array([], np.int64)}, r"conv.weight: a skeleton of 0 channels"),
+        ({"conv.weight": np.arange(5)}, r"conv.weight: a skeleton of 5 channels, the layer has 4"),
         ({"conv.weight": np.array([0, 4])}, r"conv.weight: skeleton index 4 out of range \[0, 4\)"),
         ({"conv.weight": np.array([1, 1])}, "conv.weight: skeleton index 1 appears more than once"),
         ({"conv.weight": np.array([0, 1]), "fc.weight": np.array([0, 1])}, r"unknown CONV layers \['fc.weight'\]"),
@@ -164,6 +165,7 @@ def test_fedskel_upload_at_r_0_3_is_much_smaller_when_conv_weights_dominate():
     ],
 )
 def test_fedskel_rejects_bad_skeletons(skeleton, message):
+    """Any size from 1 to the layer's channels is a skeleton (devices of several ratios share a server)."""
     with pytest.raises(ValueError, match=message):
         get_strategy("fedskel", SMALL).client_update(random_params(SMALL, 0), skeleton, 1)
 
@@ -181,14 +183,66 @@ def test_lg_fedavg_keeps_conv_layers_local_by_default():
         np.testing.assert_array_equal(merged[name], expected)
 
 
-def test_lg_fedavg_local_params_option():
-    strategy = get_strategy("lg-fedavg", SMALL, local_params=["fc.weight", "fc.bias"])
-    up = strategy.client_update(random_params(SMALL, 0), None, 1)
-    assert set(up.entries) == {"conv.weight", "conv.bias"}
-    with pytest.raises(ValueError, match=r"unknown parameters \['fc2.weight'\]"):
-        get_strategy("lg-fedavg", SMALL, local_params=["fc2.weight"])
-    with pytest.raises(ValueError, match="share nothing"):
-        get_strategy("lg-fedavg", SMALL, local_params=SMALL.names)
+def test_lg_fedavg_offers_both_splits_by_name():
+    """'conv' (the paper's description) shares the classifier; 'head' (its code, FedSkel's reference) the CONVs."""
+    params = random_params(LENET5, 0)
+    conv = get_strategy("lg-fedavg", LENET5, local="conv").client_update(params, None, 1)
+    head = get_strategy("lg-fedavg", LENET5, local="head").client_update(params, None, 1)
+    assert set(conv.entries) == {f"{n}.{p}" for n in ("fc1", "fc2", "fc3") for p in ("weight", "bias")}
+    assert set(head.entries) == LENET5.conv_param_names
+
+
+def test_local_names_and_refusals():
+    strategy = get_strategy("lg-fedavg", SMALL, local="fc.weight, fc.bias")
+    assert set(strategy.client_update(random_params(SMALL, 0), None, 1).entries) == {"conv.weight", "conv.bias"}
+    with pytest.raises(ValueError, match=r"unknown \['fc2.weight'\]"):
+        get_strategy("lg-fedavg", SMALL, local="fc2.weight")
+    with pytest.raises(ValueError, match="unknown \\['heads'\\]"):
+        get_strategy("fedskel", SMALL, local="heads")
+    with pytest.raises(ValueError, match="nothing would be shared"):
+        get_strategy("fedavg", SMALL, local=",".join(SMALL.names))
+
+
+def test_head_is_the_classifier_not_the_norms_of_the_last_conv():
+    """A norm layer after the last CONV belongs to it: the head starts at the first dense weight."""
+    layout = ModelLayout.from_manifest({
+        "params": [
+            {"name": n, "shape": s, "dtype": "float32"}
+            for n, s in [("conv.weight", [4, 1, 3, 3]), ("bn.weight", [4]), ("bn.bias", [4]), ("fc.weight", [3, 4]), ("fc.bias", [3])]
+        ],
+        "conv_layers": [{"weight": "conv.weight", "bias": None, "out_channels": 4, "k": 2}],
+    })
+    assert layout.head_param_names == {"fc.weight", "fc.bias"}
+    no_dense = ModelLayout.from_manifest(
+        {"params": [{"name": "conv.weight", "shape": [4, 1, 3, 3], "dtype": "float32"}],
+         "conv_layers": [{"weight": "conv.weight", "bias": None, "out_channels": 4, "k": 2}]}
+    )
+    with pytest.raises(ValueError, match="no dense"):
+        no_dense.personal_params("head")
+
+
+@pytest.mark.parametrize("local", ["none", "head", "conv"])
+def test_fedskel_never_sends_or_overwrites_its_personal_layers(local):
+    """Whatever the split, personal parameters neither travel nor change on download; FedSkel's
+    default is the reference's (classifier local)."""
+    strategy = get_strategy("fedskel", LENET5, local=local)
+    personal = LENET5.personal_params(local)
+    local_params, glob, skeleton = random_params(LENET5, 1), random_params(LENET5, 2), skeleton_of(LENET5, 3)
+    assert not personal & set(strategy.client_update(local_params, skeleton, 5).entries)
+    merged = strategy.client_apply(local_params, strategy.server_message(glob, skeleton))
+    for name in personal:
+        np.testing.assert_array_equal(merged[name], local_params[name])
+    assert get_strategy("fedskel", LENET5).local_params == LENET5.head_param_names
+
+
+def test_fedskel_at_full_ratio_is_lg_fedavg_with_a_local_head():
+    full = ModelLayout.from_manifest(manifest({"conv": (4, 1, 3, 3)}, {"fc": (3, 4)}, 1.0))
+    params, skeleton = random_params(full, 0), {"conv.weight": np.arange(4)}
+    fedskel = get_strategy("fedskel", full).client_update(params, skeleton, 1)
+    lg = get_strategy("lg-fedavg", full, local="head").client_update(params, skeleton, 1)
+    assert set(fedskel.entries) == set(lg.entries)
+    for name, entry in fedskel.entries.items():
+        np.testing.assert_array_equal(entry.values[np.argsort(entry.rows)] if entry.rows is not None else entry.values, lg.entries[name].values)
 
 
 def test_strategies_reject_parameters_that_do_not_match_the_layout():

@@ -56,8 +56,10 @@ def test_fedskel_uplink_is_under_35_percent_of_fedavg(digits_artifact, four_clie
     for skel, full in zip(fedskel_run["rounds"], fedavg["rounds"]):
         assert skel["sampled"] == full["sampled"]
         assert skel["uplink_bytes"] < 0.35 * full["uplink_bytes"]
-    # no skeleton is known before a client's first upload, so the first download is the whole model
-    assert fedskel_run["rounds"][0]["downlink_bytes"] == fedavg["rounds"][0]["downlink_bytes"]
+    # no skeleton is known before a client's first upload, so the first download is every shared parameter
+    # whole: the model less the classifier, which FedSkel keeps local by default
+    conv_whole = run(digits_artifact, four_clients, strategy="lg-fedavg", local="head", rounds=1, fraction=0.75)
+    assert fedskel_run["rounds"][0]["downlink_bytes"] == conv_whole["rounds"][0]["downlink_bytes"]
     assert fedskel_run["rounds"][2]["downlink_bytes"] < 0.5 * fedavg["rounds"][2]["downlink_bytes"]
 
 
@@ -148,11 +150,29 @@ def test_cli_writes_run_directories_and_compares_them(digits_artifact, tmp_path,
     plot = tmp_path / "comparison.png"
     assert report_main([str(tmp_path / "fedavg"), str(tmp_path / "fedskel"), "--plot", str(plot)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| run | strategy | r | mean local acc")
-    fedavg_row, fedskel_row = (line.split(" | ") for line in table[2:4])
-    assert fedavg_row[:3] == ["| fedavg", "fedavg", "-"] and fedavg_row[7] == "100.0%"
-    assert fedskel_row[:3] == ["| fedskel", "fedskel", "0.3"] and float(fedskel_row[7].rstrip("%")) < 35
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    fedavg_row, fedskel_row = ({h: c.strip() for h, c in zip(header, line.strip("|").split("|"))} for line in table[2:4])
+    assert (fedavg_row["strategy"], fedavg_row["r"], fedavg_row["local"], fedavg_row["uplink % FedAvg"]) == ("fedavg", "-", "default", "100.0%")
+    assert (fedskel_row["strategy"], fedskel_row["r"]) == ("fedskel", "0.3") and float(fedskel_row["uplink % FedAvg"].rstrip("%")) < 35
     assert plot.stat().st_size > 0
+
+
+def test_cli_seeds_make_one_run_per_seed_and_compare_them_as_one_group(digits_artifact, tmp_path, capsys):
+    """--seeds 0,1 writes OUT/seed-0 and OUT/seed-1 (each seed's own partition and batches) and one table row
+    with mean ± std; the run's closing lines name accuracy, uplink against FedAvg's, step speed-up and the plot."""
+    out = tmp_path / "seeds"
+    assert sim_main(["--artifact", str(digits_artifact), "--clients", "3", "--rounds", "2", "--local-steps", "2",
+                     "--setskel-steps", "1", "--no-progress", "--seeds", "0,1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    reports = [json.loads((out / f"seed-{seed}" / "report.json").read_text()) for seed in (0, 1)]
+    assert [r["settings"]["seed"] for r in reports] == [0, 1]
+    assert reports[0]["rounds"][0]["client_loss"] != reports[1]["rounds"][0]["client_loss"]
+    rows = [line for line in printed.splitlines() if line.startswith("| seed-0, seed-1 |")]
+    assert len(rows) == 1 and " ± " in rows[0]
+    summary = reports[0]["summary"]
+    assert summary["fedavg_uplink_bytes"] > summary["total_uplink_bytes"] > 0
+    assert f"of FedAvg's {summary['fedavg_uplink_bytes'] / 1e6:.2f} MB" in printed and "x faster" in printed
+    assert (out / "comparison.png").stat().st_size > 0 and f"plot: {out / 'seed-0' / 'curves.png'}" in printed
 
 
 def test_cli_rejects_bad_input_with_a_reason(digits_artifact, tmp_path, capsys):

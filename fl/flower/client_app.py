@@ -22,8 +22,7 @@ from fedskel.fl.flower import client_state
 from fedskel.fl.flower.records import CONFIG, GLOBAL, METRICS, UPDATE, read_update, wire_record
 from fedskel.fl.flower.run_config import AppConfig, settings_from_config
 from fedskel.fl.layout import ModelLayout
-from fedskel.fl.simulator import client_seed, local_training
-from fedskel.fl.strategies import get_strategy
+from fedskel.fl.simulator import client_seed, local_training, strategy_for
 from fedskel.fl.strategies.base import Strategy
 from fedskel.fl.wire import encode
 from fedskel.runtime import load
@@ -88,7 +87,7 @@ class _Device:
         identity = _identity(context.node_config)
         trainer = load(config.artifact)
         layout = ModelLayout.from_manifest(trainer.manifest)
-        strategy = get_strategy(settings.strategy, layout)
+        strategy = strategy_for(settings, layout)
         data = client_state.load_data(context.state)
         if data is None:
             options = tuple(sorted(config.partition_options.items()))

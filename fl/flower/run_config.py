@@ -45,6 +45,7 @@ def _rounds_or_once(key: str, value: Any) -> int | None:
 # run config key -> (Settings field, parser); client_timeout has no key: Flower's round-timeout replaces it
 _SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "strategy": ("strategy", _text),
+    "local": ("local", _text),
     "num-server-rounds": ("rounds", _integer),
     "fraction-train": ("fraction", _number),
     "local-steps": ("local_steps", _integer),
@@ -68,7 +69,7 @@ _AGGREGATION: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
 }
 
 # fields whose value may be None, written "" in configs
-_UNSETTABLE = {"local_steps", "local_epochs", "momentum", "weight_decay", "data_dir", "alpha", "out", "max_examples", "max_share", "clip_norm"}
+_UNSETTABLE = {"local", "local_steps", "local_epochs", "momentum", "weight_decay", "data_dir", "alpha", "out", "max_examples", "max_share", "clip_norm"}
 
 
 def _parse(key: str, value: Any, parse: Callable[[str, Any], Any], unsettable: bool) -> Any:

@@ -17,7 +17,7 @@ from fedskel.fl.flower.run_config import AppConfig, settings_record
 from fedskel.fl.flower.strategy import FlowerStrategy
 from fedskel.fl.layout import ModelLayout
 from fedskel.fl.report import build_report, write_run
-from fedskel.fl.strategies import get_strategy
+from fedskel.fl.simulator import strategy_for
 from fedskel.runtime import load
 
 
@@ -30,7 +30,7 @@ def make_server_app(run_config: Mapping[str, Any] | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         config = AppConfig.from_run_config({**context.run_config, **overrides})
         model = load(config.artifact)
-        strategy = FlowerStrategy(get_strategy(config.settings.strategy, ModelLayout.from_manifest(model.manifest)), config.settings, config.min_nodes)
+        strategy = FlowerStrategy(strategy_for(config.settings, ModelLayout.from_manifest(model.manifest)), config.settings, config.min_nodes)
         round_config = settings_record(config.settings)
         strategy.start(
             grid, params_record(model.params), num_rounds=config.settings.rounds, timeout=config.round_timeout,

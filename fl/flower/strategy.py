@@ -30,7 +30,8 @@ from fedskel.fl.layout import Skeleton
 from fedskel.fl.simulator import Settings
 from fedskel.fl.strategies.base import Strategy, whole
 from fedskel.fl.update import Update
-from fedskel.fl.wire import encode
+from fedskel.fl.devices import round_wall_seconds
+from fedskel.fl.wire import encode, whole_model_size
 from fedskel.runtime.client import PHASES
 
 
@@ -107,6 +108,7 @@ class FlowerStrategy(FlowerStrategyBase):
             uplink_bytes=sum(u.size for u in uploads),
         )
         self.timings[-1]["step_ms"] = {phase: [ms for u in uploads for ms in u.step_ms[phase]] for phase in PHASES}
+        self.timings[-1]["device_seconds"] = round_wall_seconds({u.partition: sum(map(sum, u.step_ms.values())) / 1e3 for u in uploads})
         metrics = MetricRecord({"accepted": len(uploads), "dropped": len(dropped), "uplink-bytes": record["uplink_bytes"], "downlink-bytes": record["downlink_bytes"]})
         if not uploads:  # a round where every node failed leaves the global model as it was
             return None, metrics
@@ -167,7 +169,7 @@ class FlowerStrategy(FlowerStrategyBase):
 
     # ---- the run's record ---------------------------------------------------------------------
     def result(self) -> dict:
-        """{"settings", "clients", "rounds", "timings"} as the simulator returns them (per-client lists by partition id)."""
+        """What the simulator returns, in its shape (per-client lists by partition id)."""
         rounds = []
         for record in self.rounds:
             record = dict(record)
@@ -176,7 +178,8 @@ class FlowerStrategy(FlowerStrategyBase):
                 record[key] = [by_partition.get(p) for p in range(self.num_partitions)]
             rounds.append(record)
         clients = [self.clients.get(p, {}) for p in range(self.num_partitions)]
-        return {"settings": asdict(self.settings), "clients": clients, "rounds": rounds, "timings": self.timings}
+        return {"settings": asdict(self.settings), "clients": clients, "rounds": rounds, "timings": self.timings,
+                "whole_model_upload_bytes": whole_model_size(self.layout, self.settings.wire_dtype)}
 
     # ---- helpers ------------------------------------------------------------------------------
     def _sample(self, grid: Grid, server_round: int) -> list[int]:

@@ -2,7 +2,9 @@
 
 Strategies differ only in which parameters (or rows) travel; the averaging is
 fl/aggregation.py and the client-side merge is the same overwrite for all.
-Up and down carry the same selection, so a strategy defines just `select`.
+Up and down carry the same selection, so a strategy defines just `select`, over the
+parameters it shares: the ones a run's ``local`` spec (ModelLayout.personal_params) keeps
+on the client never travel, whatever the strategy.
 """
 
 from __future__ import annotations
@@ -21,13 +23,20 @@ class Strategy(ABC):
     name: ClassVar[str]
     # whether its clients train with skeleton backward (SetSkel / UpdateSkel) instead of full backward
     trains_skeleton: ClassVar[bool] = False
+    # the personal parameters when a run does not say ("none", "head", "conv" or names)
+    default_local: ClassVar[str] = "none"
 
-    def __init__(self, layout: ModelLayout):
+    def __init__(self, layout: ModelLayout, local: str | None = None):
         self.layout = layout
+        self.local = self.default_local if local is None else local
+        self.local_params = layout.personal_params(self.local)
+        self.shared_names = tuple(n for n in layout.names if n not in self.local_params)
+        if not self.shared_names:
+            raise ValueError(f"{self.name}: local {self.local!r} keeps every parameter on the client; nothing would be shared")
 
     @abstractmethod
     def select(self, params: Params, skeleton: Skeleton | None) -> dict[str, Entry]:
-        """The entries that travel for a client with this skeleton (None: none known yet)."""
+        """The entries of ``self.shared_names`` that travel for a client with this skeleton (None: none known yet)."""
 
     def client_update(self, params: Params, skeleton: Skeleton | None, num_examples: int) -> Update:
         """What a client uploads after local training."""
@@ -60,7 +69,7 @@ class Strategy(ABC):
         return merged
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
+        return f"{type(self).__name__}({self.name!r}, local={self.local!r})"
 
 
 def whole(params: Params, names: Iterable[str]) -> dict[str, Entry]:

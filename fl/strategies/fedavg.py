@@ -1,4 +1,4 @@
-"""FedAvg: the whole model travels both ways; the baseline for communication."""
+"""FedAvg: the whole model (less any personal layers a run names) travels both ways; the baseline for communication."""
 
 from __future__ import annotations
 
@@ -11,5 +11,5 @@ from fedskel.fl.update import Entry
 @register("fedavg")
 class FedAvg(Strategy):
     def select(self, params: Params, skeleton: Skeleton | None) -> dict[str, Entry]:
-        """Everything, whatever the skeleton: FedAvg ignores it."""
-        return whole(params, self.layout.names)
+        """Every shared parameter, whatever the skeleton: FedAvg ignores it."""
+        return whole(params, self.shared_names)
