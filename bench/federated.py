@@ -26,7 +26,7 @@ CACHE = Path(os.environ.get("FEDSKEL_BENCH_CACHE", Path(tempfile.gettempdir()) /
 SEEDS = (0, 1, 2)
 DIGITS = {"model": "digits-cnn", "dataset": "digits", "batch": 16, "options": ["--clients", "10", "--rounds", "30"]}
 MNIST5K = {"model": "lenet5", "dataset": "mnist5k", "batch": 10,
-           "options": ["--clients", "100", "--rounds", "100", "--local-epochs", "1", "--setskel-steps", "1"]}
+           "options": ["--clients", "100", "--rounds", "50", "--local-epochs", "1", "--setskel-steps", "1"]}
 DEVICES = "0.1:0.3:4,0.3:0.4:2,1.0:0.3:1"  # the slowest devices train the smallest skeletons
 
 # suite -> [(run name, base, ratio or None, extra fedskel-sim options, seeds)]

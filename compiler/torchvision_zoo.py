@@ -17,7 +17,7 @@ PREFIX = "torchvision:"
 # the classification models of issue 13, small enough to train on an edge device
 MODELS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v2_x0_5",
           "squeezenet1_1", "efficientnet_b0", "densenet121", "regnet_x_400mf", "googlenet", "mnasnet0_5")
-_OPTIONS = {"googlenet": {"aux_logits": False, "init_weights": True}}
+_OPTIONS = {"googlenet": {"aux_logits": False, "init_weights": True}, "efficientnet_b0": {"stochastic_depth_prob": 0.0}}
 
 
 _LIBRARIES = []  # the op definitions live as long as their Library objects

@@ -129,7 +129,7 @@ def comparison_table(names: Sequence[str], reports: Sequence[dict]) -> str:
         step_ms = {p: mean_std([r["timings"]["mean_step_ms"][p] for r in group])[0] for p in ("setskel", "updateskel", "full")}
         uplink = mean_std([s["total_uplink_bytes"] for s in summaries])[0]
         row = [
-            ", ".join(group_names),
+            group_names[0] if len(group_names) == 1 else f"{group_names[0]} +{len(group_names) - 1}",
             first["settings"]["strategy"],
             ratio_text(first) if first["settings"]["strategy"] == "fedskel" else "-",
             strategy_local(first),

@@ -51,10 +51,10 @@ class Settings:
     fraction: float = 1.0
     local_steps: int | None = 10
     local_epochs: float | None = None
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float | None = None
     weight_decay: float | None = None
-    setskel_steps: int = 2
+    setskel_steps: int = 5
     reselect_every: int | None = 1
     wire_dtype: str = "float32"
     client_timeout: float | None = None

@@ -167,7 +167,7 @@ def test_cli_seeds_make_one_run_per_seed_and_compare_them_as_one_group(digits_ar
     reports = [json.loads((out / f"seed-{seed}" / "report.json").read_text()) for seed in (0, 1)]
     assert [r["settings"]["seed"] for r in reports] == [0, 1]
     assert reports[0]["rounds"][0]["client_loss"] != reports[1]["rounds"][0]["client_loss"]
-    rows = [line for line in printed.splitlines() if line.startswith("| seed-0, seed-1 |")]
+    rows = [line for line in printed.splitlines() if line.startswith("| seed-0 +1 |")]
     assert len(rows) == 1 and " ± " in rows[0]
     summary = reports[0]["summary"]
     assert summary["fedavg_uplink_bytes"] > summary["total_uplink_bytes"] > 0
