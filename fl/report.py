@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fedskel.fl.metrics import client_seconds_per_round, group_by_settings, mean_std, targets_summary
+from fedskel.fl.strategies import get_strategy_class
 
 REPORT = "report.json"
 CURVES = "curves.png"
@@ -169,8 +170,9 @@ def device_class_accuracy(config: dict, rounds: list[dict]) -> list[dict] | None
 
 
 def strategy_local(report: dict) -> str:
-    """The personal-layer spec a run used ("default" for reports that name none)."""
-    return report["settings"].get("local") or "default"
+    """The personal-layer spec a run used (the strategy's default when the run named none)."""
+    settings = report["settings"]
+    return settings.get("local") or get_strategy_class(settings["strategy"]).default_local
 
 
 def group_label(report: dict) -> str:
@@ -180,7 +182,8 @@ def group_label(report: dict) -> str:
     devices = report["config"].get("devices")
     if devices:
         ratio += " devices " + "/".join(f"x{d['slowdown']:g}" for d in devices)
-    return f"{settings['strategy']}{ratio} local={strategy_local(report)} lr={settings['lr']:g}"
+    wire = " fp16 wire" if settings["wire_dtype"] == "float16" else ""
+    return f"{settings['strategy']}{ratio} local={strategy_local(report)} lr={settings['lr']:g}{wire}"
 
 
 def plot_comparison(names: Sequence[str], reports: Sequence[dict], path: str | Path) -> None:

@@ -25,11 +25,15 @@ def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     return add
 
 
-def get_strategy(name: str, layout: ModelLayout, **options: Any) -> Strategy:
-    """Instantiate a registered strategy for this model; options go to its constructor."""
+def get_strategy_class(name: str) -> type[Strategy]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown strategy {name!r}; available: {available()}")
-    return _REGISTRY[name](layout, **options)
+    return _REGISTRY[name]
+
+
+def get_strategy(name: str, layout: ModelLayout, **options: Any) -> Strategy:
+    """Instantiate a registered strategy for this model; options go to its constructor."""
+    return get_strategy_class(name)(layout, **options)
 
 
 def available() -> list[str]:
