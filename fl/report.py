@@ -112,8 +112,8 @@ def load_run(run_dir: str | Path) -> dict:
 
 def comparison_table(names: Sequence[str], reports: Sequence[dict]) -> str:
     """Markdown, one row per group of runs equal but for the seed (mean ± std over seeds): final and best
-    mean local accuracy, rounds and client step seconds until it stays >= 95%, traffic (and as % of the
-    first FedAvg group's), mean ms per local step."""
+    mean local accuracy, rounds and client step seconds until it stays >= 95%, traffic (uplink as % of what
+    FedAvg would have sent for the same uploads, downlink as % of the first FedAvg group's), mean ms per step."""
     groups = group_by_settings(names, reports)
     reference = next((g for _, g in groups if g[0]["settings"]["strategy"] == "fedavg"), None)
     header = [
@@ -142,7 +142,7 @@ def comparison_table(names: Sequence[str], reports: Sequence[dict]) -> str:
             _reached(seconds, "{:.1f}"),
             _spread([s["final_global_accuracy"] for s in summaries], percent=True),
             f"{uplink / 1e6:.2f}",
-            _share(group, reference, "total_uplink_bytes"),
+            _spread([s["total_uplink_bytes"] / s["fedavg_uplink_bytes"] for s in summaries], percent=True),
             _share(group, reference, "total_downlink_bytes"),
             *("-" if step_ms[p] is None else f"{step_ms[p]:.1f}" for p in ("setskel", "updateskel", "full")),
         ]
