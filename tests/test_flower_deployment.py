@@ -26,13 +26,14 @@ def wire_sizes(artifact):
     model = load(artifact)
     layout = ModelLayout.from_manifest(model.manifest)
     skeleton = {conv.weight: np.arange(conv.k) for conv in layout.conv_layers}
-    skeleton_size = len(encode(get_strategy("fedskel", layout).client_update(model.params, skeleton, 1)))
+    skeleton_size = len(encode(get_strategy("fedskel", layout, local="none").client_update(model.params, skeleton, 1)))
     return skeleton_size, len(encode(get_strategy("fedavg", layout).client_update(model.params, None, 1)))
 
 
 @pytest.mark.slow
 def test_two_fedskel_rounds_on_a_superlink_and_two_supernodes(digits_artifact, digits, tmp_path):
-    training = {"local-steps": 50, "setskel-steps": 2, "lr": 0.05, "momentum": 0.9}
+    # the classifier shared (local none), so the global model learns too; the run config's `local` reaches both ends
+    training = {"local-steps": 50, "setskel-steps": 2, "lr": 0.05, "momentum": 0.9, "local": "none"}
     out = tmp_path / "run"
     with Federation(tmp_path) as federation:
         federation.start(num_nodes=2)
@@ -52,6 +53,6 @@ def test_two_fedskel_rounds_on_a_superlink_and_two_supernodes(digits_artifact, d
     assert [r["uploads"] for r in rounds] == [[skeleton_size] * 2] * 2  # skeleton rows up from the first round
     assert [r["downlink_bytes"] for r in rounds] == [2 * full_size, 2 * skeleton_size]  # whole model until a skeleton is known
 
-    ours = simulate(digits_artifact, clients, Settings(rounds=2, local_steps=50, setskel_steps=2, lr=0.05, momentum=0.9))
+    ours = simulate(digits_artifact, clients, Settings(rounds=2, local_steps=50, setskel_steps=2, lr=0.05, momentum=0.9, local="none"))
     for theirs, mine in zip(rounds, ours["rounds"]):
         assert {key: theirs[key] for key in SAME} == {key: mine[key] for key in SAME}
