@@ -21,7 +21,12 @@ from test_gradient_rules import HARD_SIGMOID_TOLERANCE
 from torch_oracle import nn_conv_outputs, torch_gradients
 
 SEED = 7
-TOLERANCE = {"mobilenet_v3_small": HARD_SIGMOID_TOLERANCE, "mobilenet_v3_large": HARD_SIGMOID_TOLERANCE}
+# regnet_x_400mf at 32x32 ends on 1x1 maps, so its last BatchNorms normalise N*H*W = 4 values and amplify
+# rounding: torch's own float64 gradients move by up to 8.7e-9 (relative) when the batch is merely permuted
+# (stem.0.weight 9.6e-9 here), so 1e-9 would test torch's summation order, not ours.
+REGNET_TOLERANCE = 3e-8
+TOLERANCE = {"mobilenet_v3_small": HARD_SIGMOID_TOLERANCE, "mobilenet_v3_large": HARD_SIGMOID_TOLERANCE,
+             "regnet_x_400mf": REGNET_TOLERANCE}
 
 
 def _torchvision_or_skip(name):
