@@ -1,6 +1,6 @@
 """The README's speed tables, generated from the JSON in bench/results/ (so the README quotes measurements only).
 
-    python bench/readme_tables.py   # prints Markdown; paste it under "Speed" in README.md
+    python bench/readme_tables.py   # prints Markdown; paste it under "Speed" (and "Compile time") in README.md
 """
 
 import glob
@@ -30,12 +30,19 @@ def train_step_table():
     return "\n".join(rows)
 
 
-def conv_kernel_table():
-    path = os.path.join(RESULTS, "conv_kernels.json")
+def _results(name):
+    """The JSON of bench/results/``name``, or None before that benchmark has run."""
+    path = os.path.join(RESULTS, name)
     if not os.path.exists(path):
-        return ""
+        return None
     with open(path) as handle:
-        run = json.load(handle)
+        return json.load(handle)
+
+
+def conv_kernel_table():
+    run = _results("conv_kernels.json")
+    if run is None:
+        return ""
     classes = {}
     for layer in run["layers"]:
         classes.setdefault(f"{layer['op']} ({layer['form']})", []).append(layer)
@@ -49,7 +56,21 @@ def conv_kernel_table():
     return "\n".join(rows)
 
 
+def compile_time_table():
+    """fedskel-compile's time per model (bench/compile_time.py)."""
+    runs = _results("compile_time.json")
+    if runs is None:
+        return ""
+    rows = ["| model | input (batch 4) | CONV layers | compile s | peak memory MB | artifact MB |", "|---|---|---|---|---|---|"]
+    for model, run in runs.items():
+        shape = "x".join(map(str, run["input_shape"][1:]))
+        rows.append(f"| {model} | {shape} | {run['conv_layers']} | {run['seconds']:.0f} | {run['peak_rss_mb']} | {run['artifact_mb']:.1f} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     print(train_step_table())
     print()
     print(conv_kernel_table())
+    print()
+    print(compile_time_table())

@@ -34,6 +34,8 @@ def _parser():
                         "or zig (the pip-installed one); default: the target's cross gcc if installed, else zig")
     parser.add_argument("--no-conv-kernels", dest="conv_kernels", action="store_false",
                         help="build CONVs with TVM's own lowering instead of FedSkel's hand-scheduled kernels (to compare)")
+    parser.add_argument("--opt-level", type=int, choices=range(4), metavar="{0,1,2,3}",
+                        help="LLVM optimisation level (default 3); 0 compiles several times faster, runs slower")
     parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
     parser.add_argument("--list-models", action="store_true", help="list the zoo and torchvision models and exit")
     return parser
@@ -76,7 +78,7 @@ def main(argv=None):
             args.model, output, target=args.target, ratio=args.ratio, batch_size=args.batch_size,
             num_classes=args.num_classes, optimizer=optimizer, seed=args.seed, tuning_db=args.tuning_db,
             sign_key=args.sign_key, cc=args.cc, input_shape=args.input_shape,
-            conv_kernels=args.conv_kernels,
+            conv_kernels=args.conv_kernels, opt_level=args.opt_level,
         )
     except CompileError as exc:
         print(f"fedskel-compile: error: {exc}", file=sys.stderr)

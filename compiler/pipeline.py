@@ -10,7 +10,7 @@ import tvm
 
 from fedskel.runtime.artifact import LIBRARY, PARAMS, ArtifactError, pack_arrays, write_artifact
 from fedskel.runtime.signing import default_signing_key, load_signing_key
-from fedskel.targets import get_target
+from fedskel.targets import TargetError, get_target
 
 from .batch_norm_stats import CONVENTION as BN_RUNNING_VAR
 from .build import build_library, resolve_linker
@@ -75,6 +75,13 @@ def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, se
     return imported, training
 
 
+def with_opt_level(target_spec, level):
+    try:
+        return target_spec.with_llvm_opt_level(level)
+    except TargetError as exc:
+        raise CompileError(str(exc)) from None
+
+
 def with_target_kernels(training, target_spec, conv_kernels=True):
     """``training`` with the hand-scheduled CONV kernels of a CPU ``target_spec``; GPU targets keep dlight's rules."""
     if target_spec.device != "cpu" or not conv_kernels:
@@ -83,7 +90,7 @@ def with_target_kernels(training, target_spec, conv_kernels=True):
 
 
 def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_classes=None, optimizer=None, seed=0,
-                  tuning_db=None, sign_key=None, cc=None, input_shape=None, conv_kernels=True):
+                  tuning_db=None, sign_key=None, cc=None, input_shape=None, conv_kernels=True, opt_level=None):
     """Compile ``model`` (zoo name, ``torchvision:NAME`` or ONNX path) into the artifact ``output``; returns the
     manifest.
 
@@ -93,10 +100,13 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
     ``cc``: the command that links the library, or "zig" (default: targets/linker.py's choice).
     ``input_shape``: (C, H, W) of a torchvision model.
     ``conv_kernels``: False builds CONVs with TVM's own lowering instead of the hand-scheduled kernels.
+    ``opt_level``: LLVM's optimisation level, 0-3 (default TVM's 3; 0 builds several times faster, runs slower).
     Everything that can be checked before compiling is (output path, optimizer, key).
     """
     check_output_path(output)
     target_spec = resolve_target(target)
+    if opt_level is not None:
+        target_spec = with_opt_level(target_spec, opt_level)
     optimizer = checked_optimizer({**DEFAULT_OPTIMIZER, **(optimizer or {})})
     signing_key = _signing_key(sign_key)
     linker = resolve_linker(target_spec, cc)

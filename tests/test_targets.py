@@ -187,6 +187,29 @@ def test_a_zig_linked_host_library_trains_exactly_like_the_gcc_linked_one(artifa
     assert trainers["gcc"].train_step(x, y) == trainers["zig"].train_step(x, y)
 
 
+def test_opt_level_0_builds_faster_code_of_the_same_results(artifact):
+    # what LLVM may change at level 3 is only speed and float32 contraction: the gradients agree to float32 rounding
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 1, 28, 28)).astype(np.float32), np.array([0, 1, 2, 3])
+    paths = {level: artifact("lenet5", ratio=0.25, batch_size=4, opt_level=level) for level in (0, None)}
+    assert read_artifact(paths[0])[0]["target"]["tvm_target"]["opt-level"] == 0
+    assert "opt-level" not in read_artifact(paths[None])[0]["target"]["tvm_target"]
+    fast_build, default = (load(paths[level]).gradients(x, y) for level in (0, None))
+    for name, gradient in default.items():
+        np.testing.assert_allclose(fast_build[name], gradient, rtol=0, atol=1e-5 * np.abs(gradient).max(), err_msg=name)
+
+
+def test_opt_level_goes_to_the_llvm_side_of_every_target():
+    assert get_target("host").with_llvm_opt_level(1).tvm_target["opt-level"] == 1
+    cuda = get_target("cuda").with_llvm_opt_level(0).tvm_target
+    assert cuda["host"]["opt-level"] == 0 and "opt-level" not in {k for k in cuda if k != "host"}
+    for bad in (4, -1, "0", 1.0):
+        with pytest.raises(TargetError, match="LLVM opt level must be 0, 1, 2 or 3"):
+            get_target("host").with_llvm_opt_level(bad)
+    result = fedskel_compile("lenet5", "--opt-level", "5", "-o", "never.fsk")
+    assert result.returncode == 2 and "--opt-level" in result.stderr and not os.path.exists("never.fsk")
+
+
 def test_cuda_artifact_builds_without_a_gpu_and_carries_cuda_kernels(artifact):
     path = artifact("lenet5", ratio=0.25, batch_size=4, target="cuda")
     library = library_of(path)
