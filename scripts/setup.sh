@@ -8,3 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
+# torchvision's model builders, for `fedskel-compile torchvision:NAME` and its tests. PyPI's 0.28.0 is the
+# release for torch 2.13; --no-deps keeps it from replacing the CPU torch with a CUDA one
+# (compiler/torchvision_zoo.py makes it importable beside the CPU torch).
+.venv/bin/python -m pip install -q --no-deps torchvision==0.28.0

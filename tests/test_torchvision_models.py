@@ -3,8 +3,8 @@
 Random weights, 10 classes, 3x32x32, batch 4, exported the way ``fedskel-compile torchvision:NAME`` does.
 Dropouts are compared with the masks the compiled model draws for a given seed (test_dropout.py).  Every
 model takes a minute or more to compile on two cores, even with LLVM at opt level 0 (what LLVM's
-optimisations may change is checked once in test_targets.py), so they run in the slow step; without
-torchvision installed (``pip install --no-deps torchvision==0.28.0``) they are skipped.
+optimisations may change is checked once in test_targets.py), so they run in the slow step; scripts/setup.sh
+installs torchvision (without it they are skipped).
 """
 
 import onnx
