@@ -4,9 +4,8 @@ TVM on its own accepts an unknown ``-mcpu`` with a logged warning and falls back
 checked up front. What links the library is targets/linker.py's choice.
 """
 
-import dataclasses
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 # The GNU triple of the system a library for ``machine`` links against (targets/linker.py).
@@ -46,11 +45,11 @@ class TargetSpec:
         if type(level) is not int or not 0 <= level <= 3:
             raise TargetError(f"LLVM opt level must be 0, 1, 2 or 3, got {level!r}")
         if self.tvm_target.get("kind") == "llvm":
-            return dataclasses.replace(self, tvm_target={**self.tvm_target, "opt-level": level})
+            return replace(self, tvm_target={**self.tvm_target, "opt-level": level})
         host = self.tvm_target.get("host")  # a GPU target: its kernels are not LLVM's, its host code is
         if not isinstance(host, dict) or host.get("kind") != "llvm":
             raise TargetError(f"target {self.name}: no LLVM side to set an opt level on")
-        return dataclasses.replace(self, tvm_target={**self.tvm_target, "host": {**host, "opt-level": level}})
+        return replace(self, tvm_target={**self.tvm_target, "host": {**host, "opt-level": level}})
 
     def relax_pipeline(self, target):
         """The Relax pipeline for tvm.compile: TVM's default on CPUs, the fully-scheduling one on CUDA."""
