@@ -34,7 +34,7 @@ def compile_argv(model, output):
 
 
 def time_compile(model):
-    """{seconds, peak_rss_mb, artifact_mb} of one fedskel-compile run of ``model``."""
+    """{seconds, peak_rss_mb, artifact_mb, input_shape, conv_layers} of one fedskel-compile run of ``model``."""
     with tempfile.TemporaryDirectory() as tmp:
         output = os.path.join(tmp, "model.fsk")
         with open(os.path.join(tmp, "log"), "w+") as log:

@@ -10,7 +10,7 @@ import tvm
 
 from fedskel.runtime.artifact import LIBRARY, PARAMS, ArtifactError, pack_arrays, write_artifact
 from fedskel.runtime.signing import default_signing_key, load_signing_key
-from fedskel.targets import TargetError, get_target
+from fedskel.targets import get_target
 
 from .batch_norm_stats import CONVENTION as BN_RUNNING_VAR
 from .build import build_library, resolve_linker
@@ -48,11 +48,13 @@ def resolve_model(model, batch_size, workdir, seed=0, num_classes=None, input_sh
     return model, None, batch_size
 
 
-def resolve_target(name):
-    """The TargetSpec for ``name``, an unknown one being a CompileError like any other bad option."""
+def resolve_target(name, opt_level=None):
+    """The TargetSpec for ``name`` (with LLVM at ``opt_level`` when given); an unknown target or a bad level
+    is a CompileError like any other bad option."""
     try:
-        return get_target(name)
-    except KeyError as exc:
+        spec = get_target(name)
+        return spec if opt_level is None else spec.with_llvm_opt_level(opt_level)
+    except KeyError as exc:  # TargetError is a KeyError
         raise CompileError(str(exc.args[0])) from None
 
 
@@ -73,13 +75,6 @@ def load_training_module(model, ratio=0.1, batch_size=None, num_classes=None, se
     if target is not None:
         training = with_target_kernels(training, resolve_target(target) if isinstance(target, str) else target, conv_kernels)
     return imported, training
-
-
-def with_opt_level(target_spec, level):
-    try:
-        return target_spec.with_llvm_opt_level(level)
-    except TargetError as exc:
-        raise CompileError(str(exc)) from None
 
 
 def with_target_kernels(training, target_spec, conv_kernels=True):
@@ -104,9 +99,7 @@ def compile_model(model, output, target="host", ratio=0.1, batch_size=None, num_
     Everything that can be checked before compiling is (output path, optimizer, key).
     """
     check_output_path(output)
-    target_spec = resolve_target(target)
-    if opt_level is not None:
-        target_spec = with_opt_level(target_spec, opt_level)
+    target_spec = resolve_target(target, opt_level)
     optimizer = checked_optimizer({**DEFAULT_OPTIMIZER, **(optimizer or {})})
     signing_key = _signing_key(sign_key)
     linker = resolve_linker(target_spec, cc)

@@ -66,7 +66,7 @@ def compile_sweep(cases, batch=2, channels=2):
     for i in range(len(cases)):
         module = relax.transform.Gradient(f"f{i}", require_grads=[module[f"f{i}"].params[0]])(module)
     # opt-level 0: the arithmetic is exact, so LLVM's optimisations cannot change a result, and the sweep
-    # compiles 5x faster
+    # compiles several times faster
     executable = tvm.compile(module, target=tvm.target.Target({"kind": "llvm", "opt-level": 0}))
     return relax.VirtualMachine(executable, tvm.cpu())
 
