@@ -63,7 +63,7 @@ def with_dropout_masks(module, x, seed):
     for layer, (name, shape, rate) in enumerate(order):
         parent, _, child = name.rpartition(".")
         fixed = FixedMask()
-        fixed.mask = torch.from_numpy(numpy_mask(seed, layer, shape, rate))
+        fixed.mask = torch.from_numpy(numpy_mask(seed, layer, shape, rate).astype(x.dtype))
         setattr(module.get_submodule(parent) if parent else module, child, fixed)
     return module
 

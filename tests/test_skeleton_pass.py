@@ -25,18 +25,23 @@ def _shape(expr):
     return [int(d) for d in expr.ty.shape]
 
 
+def conv_macs(call):
+    """Multiply-accumulates of one CONV backward op: a CNHW weight-gradient conv or a transposed conv."""
+    if call.op.name == "relax.nn.conv2d":
+        kernel = _shape(call.args[1])
+        return math.prod(_shape(call)) * kernel[call.attrs.kernel_layout.index("I")] * math.prod(kernel[2:])
+    weight = _shape(call.args[1])
+    return math.prod(_shape(call.args[0])) * weight[call.attrs.kernel_layout.index("O")] * math.prod(weight[2:])
+
+
+def backward_convs(func):
+    """(op, width of the dY it reads) of every CONV backward op: the weight gradients, then the dX."""
+    weight_grads = [(c, _shape(c.args[1])[1]) for c in _calls(func, "relax.nn.conv2d") if c.attrs.data_layout == "CNHW"]
+    return weight_grads + [(c, _shape(c.args[0])[1]) for c in _calls(func, "relax.nn.conv2d_transpose")]
+
+
 def backward_macs(func):
-    """Multiply-accumulates of the CONV backward ops: CNHW weight-gradient convs and transposed convs."""
-    total = 0
-    for call in _calls(func, "relax.nn.conv2d"):
-        if call.attrs.data_layout == "CNHW":
-            kernel = _shape(call.args[1])
-            out = _shape(call)
-            total += math.prod(out) * kernel[call.attrs.kernel_layout.index("I")] * math.prod(kernel[2:])
-    for call in _calls(func, "relax.nn.conv2d_transpose"):
-        weight = _shape(call.args[1])
-        total += math.prod(_shape(call.args[0])) * weight[call.attrs.kernel_layout.index("O")] * math.prod(weight[2:])
-    return total
+    return sum(conv_macs(call) for call, _ in backward_convs(func))
 
 
 def _training_module(tmp_path, model, ratio):
@@ -75,8 +80,7 @@ def test_no_full_width_output_gradient_reaches_a_backward_conv(tmp_path):
     skel = training.module["gradients_skel"]
     ks = sorted(layer["k"] for layer in training.conv_layers)
     couts = {layer["out_channels"] for layer in training.conv_layers}
-    dy_widths = [_shape(c.args[1])[1] for c in _calls(skel, "relax.nn.conv2d") if c.attrs.data_layout == "CNHW"]
-    dy_widths += [_shape(c.args[0])[1] for c in _calls(skel, "relax.nn.conv2d_transpose")]
+    dy_widths = [width for _, width in backward_convs(skel)]
     assert dy_widths and set(dy_widths) <= set(ks)
     assert not set(dy_widths) & couts
 

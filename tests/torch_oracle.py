@@ -90,6 +90,29 @@ def nn_conv_outputs(module, x):
             handle.remove()
 
 
+class ExactHardSigmoid(torch.nn.Module):
+    """HardSigmoid from exact primitives: torch's own float64 backward multiplies by the float32 1/6
+    (3e-8 off the derivative of its forward), which a float64 oracle held to 1e-9 cannot use."""
+
+    def forward(self, x):
+        return F.relu6(x + 3.0) / 6.0
+
+
+class ExactHardSwish(ExactHardSigmoid):
+    def forward(self, x):
+        return x * super().forward(x)
+
+
+def with_exact_hard_activations(module):
+    """``module`` with every nn.Hardsigmoid / nn.Hardswish replaced by its exact-derivative twin (same values)."""
+    exact = {torch.nn.Hardsigmoid: ExactHardSigmoid, torch.nn.Hardswish: ExactHardSwish}
+    for name, sub in list(module.named_modules()):
+        if type(sub) in exact:
+            parent, _, child = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, child, exact[type(sub)]())
+    return module
+
+
 class OnnxTorchModule(torch.nn.Module):
     """Evaluate an ONNX graph with torch ops, initializers as trainable parameters (train-mode BN)."""
 
