@@ -61,10 +61,12 @@ def compile_time_table():
     runs = _results("compile_time.json")
     if runs is None:
         return ""
-    rows = ["| model | input (batch 4) | CONV layers | compile s | peak memory MB | artifact MB |", "|---|---|---|---|---|---|"]
+    rows = ["| model | input (batch 4) | CONV layers | compile s | peak memory MB | artifact MB | load average before |",
+            "|---|---|---|---|---|---|---|"]
     for model, run in runs.items():
         shape = "x".join(map(str, run["input_shape"][1:]))
-        rows.append(f"| {model} | {shape} | {run['conv_layers']} | {run['seconds']:.0f} | {run['peak_rss_mb']} | {run['artifact_mb']:.1f} |")
+        rows.append(f"| {model} | {shape} | {run['conv_layers']} | {run['seconds']:.0f} | {run['peak_rss_mb']} "
+                    f"| {run['artifact_mb']:.1f} | {run['load_average_before']:.1f} |")
     return "\n".join(rows)
 
 
