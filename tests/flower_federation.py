@@ -52,6 +52,11 @@ def stop_tree(pid, sig=signal.SIGTERM, grace=15.0):
     return tree
 
 
+def _config_args(config):
+    """Flower's ``key=value`` command-line form of a config (strings quoted, as TOML wants them)."""
+    return " ".join(f"{key}='{value}'" if isinstance(value, str) else f"{key}={value}" for key, value in config.items())
+
+
 class Federation:
     """A SuperLink and SuperNodes on 127.0.0.1 with a FLWR_HOME naming them as federation `deploy`.
 
@@ -84,7 +89,9 @@ class Federation:
         self.processes.append(process)
         return process
 
-    def start(self, num_nodes):
+    def start(self, num_nodes, node_configs=None):
+        """``node_configs``: per node, more node config (e.g. its own ``artifact``) beside its partition."""
+        node_configs = node_configs or [{}] * num_nodes
         link = self._start(
             "superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.superlink_port),
             "--isolation", "subprocess", "--disable-runtime-dependency-installation",
@@ -93,13 +100,12 @@ class Federation:
         for i, port in enumerate(free_ports(num_nodes)):  # each SuperNode serves its ClientApps on a port of its own
             self.nodes.append(self._start(
                 f"supernode{i}", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.superlink_port}",
-                "--port", str(port), "--node-config", f"partition-id={i} num-partitions={num_nodes}",
+                "--port", str(port), "--node-config", _config_args({"partition-id": i, "num-partitions": num_nodes, **node_configs[i]}),
             ))
 
     def launch(self, run_config):
         """`flwr run . deploy --stream` from the repository root, as a user runs it."""
-        overrides = " ".join(f"{key}='{value}'" if isinstance(value, str) else f"{key}={value}" for key, value in run_config.items())
-        return self._start("flwr-run", "flwr", "run", ".", FEDERATION, "--stream", "--run-config", overrides)
+        return self._start("flwr-run", "flwr", "run", ".", FEDERATION, "--stream", "--run-config", _config_args(run_config))
 
     def finish(self, run, out: Path, timeout):
         """The run's report, once `flwr run` has returned."""

@@ -1,4 +1,5 @@
-"""Flower's deployment engine for real: two FedSkel rounds over a SuperLink and two SuperNodes."""
+"""Flower's deployment engine for real: two FedSkel rounds over a SuperLink and two SuperNodes of different
+skeleton ratios."""
 
 import numpy as np
 import pytest
@@ -31,12 +32,15 @@ def wire_sizes(artifact):
 
 
 @pytest.mark.slow
-def test_two_fedskel_rounds_on_a_superlink_and_two_supernodes(digits_artifact, digits, tmp_path):
+def test_two_fedskel_rounds_on_a_superlink_and_two_supernodes(digits_artifact, artifact, digits, tmp_path):
+    """A heterogeneous federation: node 1 is a weaker device whose node config names its own artifact, which
+    trains skeletons of r = 0.1 where node 0's trains r = 0.3; the server aggregates the mixed k per row."""
+    weak = artifact("digits-cnn", ratio=0.1, batch_size=16)
     # the classifier shared (local none), so the global model learns too; the run config's `local` reaches both ends
     training = {"local-steps": 50, "setskel-steps": 2, "lr": 0.05, "momentum": 0.9, "local": "none"}
     out = tmp_path / "run"
     with Federation(tmp_path) as federation:
-        federation.start(num_nodes=2)
+        federation.start(num_nodes=2, node_configs=[{}, {"artifact": str(weak)}])
         run = federation.launch({"artifact": str(digits_artifact), "num-server-rounds": 2, "min-nodes": 2, "out": str(out), **training})
         rounds = federation.finish(run, out, timeout=420)["rounds"]
     assert [r["accepted"] for r in rounds] == [[0, 1], [0, 1]] and all(r["dropped"] == [] for r in rounds)
@@ -48,11 +52,12 @@ def test_two_fedskel_rounds_on_a_superlink_and_two_supernodes(digits_artifact, d
     assert rounds[-1]["mean_local_accuracy"] > initial_local + 0.3
     assert rounds[-1]["global_accuracy"] > initial_global + 0.3
 
-    skeleton_size, full_size = wire_sizes(digits_artifact)
-    assert skeleton_size < 0.35 * full_size
-    assert [r["uploads"] for r in rounds] == [[skeleton_size] * 2] * 2  # skeleton rows up from the first round
-    assert [r["downlink_bytes"] for r in rounds] == [2 * full_size, 2 * skeleton_size]  # whole model until a skeleton is known
+    (skeleton_size, full_size), (weak_size, _) = wire_sizes(digits_artifact), wire_sizes(weak)
+    assert weak_size < skeleton_size < 0.35 * full_size
+    assert [r["uploads"] for r in rounds] == [[skeleton_size, weak_size]] * 2  # skeleton rows up from the first round
+    assert [r["downlink_bytes"] for r in rounds] == [2 * full_size, skeleton_size + weak_size]  # whole model until a skeleton is known
 
-    ours = simulate(digits_artifact, clients, Settings(rounds=2, local_steps=50, setskel_steps=2, lr=0.05, momentum=0.9, local="none"))
+    settings = Settings(rounds=2, local_steps=50, setskel_steps=2, lr=0.05, momentum=0.9, local="none")
+    ours = simulate([digits_artifact, weak], clients, settings)
     for theirs, mine in zip(rounds, ours["rounds"]):
         assert {key: theirs[key] for key in SAME} == {key: mine[key] for key in SAME}
