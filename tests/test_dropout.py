@@ -17,7 +17,7 @@ from fedskel.runtime import load
 
 from onnx_models import as_float64
 from test_compiler_gradients import FLOAT64_TOLERANCE, assert_grads_close, random_batch, random_skeleton
-from torch_oracle import nn_conv_outputs, torch_gradients
+from torch_oracle import nn_conv_outputs, replace_submodule, torch_gradients
 
 
 def lowbias32(x):
@@ -61,10 +61,9 @@ def with_dropout_masks(module, x, seed):
     for handle in handles:
         handle.remove()
     for layer, (name, shape, rate) in enumerate(order):
-        parent, _, child = name.rpartition(".")
         fixed = FixedMask()
         fixed.mask = torch.from_numpy(numpy_mask(seed, layer, shape, rate).astype(x.dtype))
-        setattr(module.get_submodule(parent) if parent else module, child, fixed)
+        replace_submodule(module, name, fixed)
     return module
 
 

@@ -2,19 +2,19 @@
 training graph's IR, seconds per model), they compile, and their gradients equal torch autograd.
 
 Random weights, 10 classes, 3x32x32 (regnet 3x64x64: see INPUT), batch 4, float64, exported the way
-``fedskel-compile torchvision:NAME`` does; float32 builds at 3x64x64, batch 8 (FLOAT32_INPUT).  Dropouts are compared with the masks the compiled model draws for a given seed (test_dropout.py).  Every
-model takes a minute or more to compile on two cores, even with LLVM at opt level 0 (what LLVM's
-optimisations may change is checked once in test_targets.py), so those run in the slow step; scripts/setup.sh
-installs torchvision (without it they are skipped).
+``fedskel-compile torchvision:NAME`` does; float32 builds at 3x64x64, batch 8 (FLOAT32_INPUT).  Dropouts are
+compared with the masks the compiled model draws for a given seed (test_dropout.py).  Every model takes a
+minute or more to compile on two cores, even with LLVM at opt level 0 (what LLVM's optimisations may change is
+checked once in test_targets.py), so those run in the slow step; scripts/setup.sh installs torchvision
+(without it they are skipped).
 """
-
-import onnx
-import pytest
 
 import copy
 from collections import Counter
 
 import numpy as np
+import onnx
+import pytest
 import torch
 
 from fedskel.compiler.errors import CompileError

@@ -103,13 +103,18 @@ class ExactHardSwish(ExactHardSigmoid):
         return x * super().forward(x)
 
 
+def replace_submodule(module, name, replacement):
+    """Put ``replacement`` where ``module``'s submodule ``name`` (dotted) is."""
+    parent, _, child = name.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, child, replacement)
+
+
 def with_exact_hard_activations(module):
     """``module`` with every nn.Hardsigmoid / nn.Hardswish replaced by its exact-derivative twin (same values)."""
     exact = {torch.nn.Hardsigmoid: ExactHardSigmoid, torch.nn.Hardswish: ExactHardSwish}
     for name, sub in list(module.named_modules()):
         if type(sub) in exact:
-            parent, _, child = name.rpartition(".")
-            setattr(module.get_submodule(parent) if parent else module, child, exact[type(sub)]())
+            replace_submodule(module, name, exact[type(sub)]())
     return module
 
 
