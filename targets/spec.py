@@ -52,9 +52,12 @@ class TargetSpec:
         return replace(self, tvm_target={**self.tvm_target, "host": {**host, "opt-level": level}})
 
     def relax_pipeline(self, target):
-        """The Relax pipeline for tvm.compile: TVM's default on CPUs, the fully-scheduling one on CUDA."""
+        """The Relax pipeline for tvm.compile: on CPUs TVM's default plus parallel loops for the kernels nothing else
+        schedules (cpu_pipeline.py), on CUDA the fully-scheduling one."""
         if self.device != "cuda":
-            return "default"
+            from .cpu_pipeline import cpu_pipeline
+
+            return cpu_pipeline(target)
         from .cuda_pipeline import cuda_pipeline
 
         return cuda_pipeline(target)

@@ -90,3 +90,14 @@ def test_ratio_one_keeps_every_channel(tmp_path):
     training = build_training_module(load_onnx(path), 1.0)
     assert [layer["k"] for layer in training.conv_layers] == [layer["out_channels"] for layer in training.conv_layers]
     assert backward_macs(training.module["gradients_skel"]) == backward_macs(training.module["gradients"])
+
+
+def test_skeleton_rows_reach_full_gradients_by_gather_not_scatter(tmp_path):
+    """dW and db of each CONV come from its k rows by take + where; the only scatter left is each layer's
+    Cout-entry position vector (scatter_nd into zeros lowers to a serial loop over the whole gradient)."""
+    path = write_case("stride2-pad-nobias", 2, tmp_path / "s.onnx")
+    training = build_training_module(load_onnx(path), 0.5)
+    skel = training.module["gradients_skel"]
+    scattered = sorted((str(call.ty.dtype), _shape(call)) for call in _calls(skel, "relax.scatter_nd"))
+    assert scattered == sorted(("int64", [layer["out_channels"]]) for layer in training.conv_layers)
+    assert len(list(_calls(skel, "relax.where"))) >= len(training.conv_layers)
