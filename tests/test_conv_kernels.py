@@ -27,6 +27,8 @@ CASES = [
     (2, 8, 16, 8, 1, 2, 0, 1),  # resnet's 1x1 stride-2 shortcut: three of four dgrad phases get no tap
     (1, 3, 8, 10, 4, 2, 1, 1),  # even kernel, stride 2
     (1, 2, 8, 5, 3, 2, 2, 2),  # dilated and strided: zero-dilated dY
+    (2, 32, 48, 4, 3, 1, 1, 1),  # resnet18's last stage: a 4x4 map, wgrad's taps outside, several channel tiles
+    (2, 24, 40, 8, 3, 2, 1, 1),  # stride 2 onto a 4x4 map
 ]
 
 
