@@ -1,5 +1,6 @@
 """Shared by the benchmarks: compiled functions timed by TVM's own evaluator, torch timed the same way."""
 
+import ctypes
 import json
 import os
 import platform
@@ -51,6 +52,40 @@ def time_torch_ms(fn, repeat=5):
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples) * 1e3
+
+
+# pause before each timed burst: the last library's idle threads spin (OpenMP, TVM's pool) and would take the
+# next one's cores (without it, digits-cnn's full step, timed right after PyTorch's, read 4.9 ms in one run
+# and 12.8 ms in the next)
+SETTLE_S = 0.25
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def keep_freed_memory():
+    """Let glibc keep freed blocks instead of returning them to the OS, as a long-running trainer's heap does.
+
+    Without it PyTorch eager maps every large temporary afresh: in this VM a 4 MB dX costs ~3,000 page faults a
+    call (1.0 ms -> 5 ms), which is the allocator's time, not oneDNN's.  TVM's VM pools its own memory either way.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)):
+        raise RuntimeError("glibc refused mallopt")
+
+
+def timed_burst(fn, calls):
+    """Wall and process-CPU ms of ``fn``: after the settle pause, ``calls`` back-to-back calls, the first untimed.
+
+    The first call after an idle pause pays the cores' wake-up (1-10 ms in this VM, either library); a training
+    loop never idles, so the median of the following calls is the step's time."""
+    time.sleep(SETTLE_S)
+    fn()
+    wall, cpu = [], []
+    for _ in range(calls - 1):
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - start_wall) * 1e3)
+        cpu.append((time.process_time() - start_cpu) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def compile_cached(model, path, **options):

@@ -4,7 +4,8 @@ full and skeleton (k = ceil(r * Cout) output channels), batch 32.
 Each class is one Relax function of compiler/kernels/single_layer.py, built with the hand-scheduled NHWC
 kernels (layout conversions included in the time) and, with ``--tvm-default``, also with TVM's own
 lowering.  PyTorch runs the same op on the same shapes (``conv2d``; ``aten.convolution_backward`` with only
-dX or only dW asked).  Rounds are interleaved, TVM and torch alternating, and medians reported; thread
+dX or only dW asked).  Rounds are interleaved, TVM and torch alternating (each a burst after a settle pause,
+common.timed_burst), and medians reported, PyTorch with freed memory kept (common.keep_freed_memory); thread
 counts are set for both (``--threads``).  Output: JSON and a bar chart PNG of time / oneDNN's per layer.
 
     python bench/conv_kernels.py --out bench/results/conv_kernels.json
@@ -13,14 +14,10 @@ counts are set for both (``--threads``).  Output: JSON and a bar chart PNG of ti
 import argparse
 import os
 import statistics
-import time
 
 import numpy as np
 
 from conv_backward import RESNET18_CONVS
-
-
-SETTLE_S = 0.25  # pause before each timed call, as in train_step.py: idle threads of the last library spin
 
 
 def parse():
@@ -28,6 +25,7 @@ def parse():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=3, help="calls per round and library, the first untimed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tvm-default", action="store_true", help="also time TVM's own CONV lowering")
     parser.add_argument("--out", default="bench/results/conv_kernels.json")
@@ -46,8 +44,9 @@ def main():
     from fedskel.compiler.training_graph import skeleton_size
     from fedskel.targets import get_target
 
-    from common import write_json
+    from common import keep_freed_memory, timed_burst, write_json
 
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
     target = get_target("host")
     builds = {"kernels": lambda mod: UseConvKernels(target.tvm_target)(mod)}
@@ -56,11 +55,6 @@ def main():
 
     def vm_of(mod):
         return relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(target.tvm_target)), tvm.cpu())
-
-    def clock(fn):
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1e3
 
     layers = []
     for cin, cout, kernel, stride, size, count in RESNET18_CONVS:
@@ -92,8 +86,7 @@ def main():
                     fn()  # warm-up
                 for _ in range(args.rounds):
                     for name, fn in runs.items():
-                        time.sleep(SETTLE_S)
-                        samples[name].append(clock(fn))
+                        samples[name].append(timed_burst(fn, args.calls)[0])
                 medians = {name: statistics.median(values) for name, values in samples.items()}
                 row = {"layer": f"{cin}->{cout} k{kernel} s{stride} @{size}", "count": count, "form": form, "op": op,
                        "channels": channels, "ms": medians,
@@ -102,7 +95,8 @@ def main():
                 print(f"{row['layer']:24s} {form:8s} {op:7s} " + "  ".join(
                     f"{name} {medians[name]:8.2f} ms ({row['vs_onednn'].get(name, 1):.2f}x)" for name in runs), flush=True)
     write_json(args.out, {"benchmark": "conv_kernels", "batch": args.batch, "ratio": args.ratio, "threads": args.threads,
-                          "target": target.tvm_target, "method": f"median of {args.rounds} interleaved rounds (ms); "
+                          "target": target.tvm_target, "method": f"median of {args.rounds} interleaved rounds of {args.calls} "
+                          "back-to-back calls, the first untimed, freed memory kept (ms); "
                           "vs_onednn = time / PyTorch's", "layers": layers})
     plot(layers, args.out.removesuffix(".json") + ".png")
 

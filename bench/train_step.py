@@ -13,13 +13,6 @@ column; ``--threads`` sets TVM's and torch's thread counts alike.  Output: JSON 
 import argparse
 import os
 import statistics
-import time
-
-
-# pause before each timed call: the last library's idle threads spin (OpenMP, TVM's pool) and would take the
-# next one's cores (without it, digits-cnn's full step, timed right after PyTorch's, read 4.9 ms in one run
-# and 12.8 ms in the next)
-SETTLE_S = 0.25
 
 
 def parse():
@@ -28,6 +21,7 @@ def parse():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=2, help="calls per round and library, the first untimed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--target", default="host")
     parser.add_argument("--tuning-db", help="MetaSchedule database to compile with")
@@ -45,8 +39,9 @@ def main():
     from fedskel.compiler.tuning_db import database_sha256
     from fedskel.compiler.zoo import build_torch_model, zoo_model
 
-    from common import CompiledModel, compile_cached, write_json
+    from common import CompiledModel, compile_cached, keep_freed_memory, timed_burst, write_json
 
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
     os.makedirs(args.cache, exist_ok=True)
     options = {"tuning_db": args.tuning_db} if args.tuning_db else {}
@@ -76,11 +71,9 @@ def main():
         fn()  # warm-up
     for _ in range(args.rounds):
         for name, fn in runs.items():
-            time.sleep(SETTLE_S)
-            start_wall, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append((time.perf_counter() - start_wall) * 1e3)
-            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+            round_wall, round_cpu = timed_burst(fn, args.calls)
+            wall[name].append(round_wall)
+            cpu[name].append(round_cpu)
     medians = {name: {"wall_ms": statistics.median(wall[name]), "cpu_ms": statistics.median(cpu[name])} for name in runs}
     torch_ms = medians["torch_full"]["wall_ms"]
     for name, entry in medians.items():
@@ -89,7 +82,8 @@ def main():
               f"cpu {entry['cpu_ms']:9.2f} ms  PyTorch full / this = {entry['torch_full_over_this']:.2f}", flush=True)
     write_json(args.out, {"benchmark": "train_step", "model": args.model, "batch": args.batch, "target": args.target,
                           "threads": args.threads, "tuned": bool(args.tuning_db), "conv_kernels": args.conv_kernels,
-                          "method": f"median of {args.rounds} interleaved rounds", "steps": medians,
+                          "method": f"median of {args.rounds} interleaved rounds, each {args.calls} "
+                          "back-to-back calls after a settle pause, the first untimed; freed memory kept (keep_freed_memory)", "steps": medians,
                           "samples_wall_ms": wall})
 
 

@@ -72,7 +72,8 @@ def filter_to_hwio(weight_shape, dtype, out_channels, block):
         return tirx.if_then_else(o < o_, weight[clamp(o, o_), c, r, s], tirx.const(0, dtype))
 
     out = te.compute((out_channels // block, r_, s_, c_, block), value, name="to_hwio")
-    return parallel_copy(te.create_prim_func([weight, out]), "to_hwio", 2)
+    # per (tile, c): T source rows of R x S contiguous taps each
+    return _copy_in_order(te.create_prim_func([weight, out]), "to_hwio", lambda sch, ob, r, s, c, t: (ob, c, t, r, s), 1)
 
 
 def filter_to_flipped_hwoi(weight_shape, dtype, in_channels, block):
@@ -86,7 +87,9 @@ def filter_to_flipped_hwoi(weight_shape, dtype, in_channels, block):
         return tirx.if_then_else(c < c_, weight[o, clamp(c, c_), r_ - 1 - r, s_ - 1 - s], tirx.const(0, dtype))
 
     out = te.compute((in_channels // block, r_, s_, o_, block), value, name="to_flipped_hwoi")
-    return parallel_copy(te.create_prim_func([weight, out]), "to_flipped_hwoi", 2)
+    # per (tile, o): one contiguous T x R x S block of the source
+    return _copy_in_order(te.create_prim_func([weight, out]), "to_flipped_hwoi",
+                          lambda sch, cb, r, s, o, t: (cb, o, r, s, t), 2)
 
 
 def filter_from_hwio(grad_shape, dtype, out_channels):
@@ -94,10 +97,28 @@ def filter_from_hwio(grad_shape, dtype, out_channels):
     r_, s_, c_, _ = grad_shape
     grad = te.placeholder(grad_shape, dtype, name="grad")
     out = te.compute((out_channels, c_, r_, s_), lambda o, c, r, s: grad[r, s, c, o], name="to_oihw")
-    return parallel_copy(te.create_prim_func([grad, out]), "to_oihw", 2)
+
+    def order(sch, o, c, r, s):  # per (c, r, s): one cache line of O, written to LINE output rows
+        o_outer, o_inner = sch.split(o, [None, LINE])
+        sch.unroll(o_inner)
+        return o_outer, c, r, s, o_inner
+
+    return _copy_in_order(te.create_prim_func([grad, out]), "to_oihw", order, 1)
 
 
 BLOCK = 8  # a transpose moves 8 x 8 blocks: both sides touch whole cache lines
+LINE = 16  # float32 elements in a 64-byte cache line
+
+
+def _copy_in_order(func, name, order, parallel):
+    """Schedule a filter repacking: ``order(sch, *loops)`` gives the loop nest that reads the source along its
+    contiguous axes (the output's order reads it one element per cache line: 2.5-4 ms -> 0.3-0.6 ms for a
+    512x512 3x3 filter); the first ``parallel`` loops of it become one parallel loop."""
+    sch = s_tir.Schedule(func)
+    loops = order(sch, *sch.get_loops(sch.get_sblock(name)))
+    sch.reorder(*loops)
+    parallel_outer(sch, list(loops[:parallel]))
+    return scheduled(sch)
 
 
 def _transposed(func, name, order):
