@@ -29,6 +29,8 @@ CASES = [
     (1, 2, 8, 5, 3, 2, 2, 2),  # dilated and strided: zero-dilated dY
     (2, 32, 48, 4, 3, 1, 1, 1),  # resnet18's last stage: a 4x4 map, wgrad's taps outside, several channel tiles
     (2, 24, 40, 8, 3, 2, 1, 1),  # stride 2 onto a 4x4 map
+    (1, 4, 8, 7, 1, 2, 1, 1),  # padded strided 1x1: the subsampled copy reads padding and skips the last row
+    (2, 3, 5, 10, 1, 3, 0, 2),  # stride-3 1x1, dilation that a 1x1 ignores
 ]
 
 

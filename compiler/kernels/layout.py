@@ -14,25 +14,26 @@ def clamp(index, extent):
     return tirx.max(tirx.min(index, extent - 1), 0)
 
 
-def _source_index(i, before, dilate, extent):
-    """(in range, index) of padded, ``dilate``-spaced position ``i`` in an axis of ``extent``."""
-    shifted = i - before
+def _source_index(i, before, dilate, step, extent):
+    """(in range, index) of position ``i`` of a padded, ``dilate``-spaced, ``step``-subsampled axis of ``extent``."""
+    shifted = i * step - before
     index = tirx.floordiv(shifted, dilate)
     inside = tirx.all(shifted >= 0, tirx.floormod(shifted, dilate) == 0, index < extent)
     return inside, clamp(index, extent)
 
 
-def to_channels_last(src_shape, dtype, out_hw, before_hw, dilate=1):
-    """PrimFunc(src [N, C, H, W]) -> [N, OH, OW, C] with src[n, c, i, j] at (before + i*dilate, before + j*dilate).
+def to_channels_last(src_shape, dtype, out_hw, before_hw, dilate=1, step=1):
+    """PrimFunc(src [N, C, H, W]) -> [N, OH, OW, C]: position (h, w) holds src[n, c, (h*step - before) / dilate,
+    (w*step - before) / dilate] where that is a whole index in range, else 0.
 
-    Positions that no source element lands on are 0 (the CONV's padding, a dilated strided dgrad's
-    zero-dilation); ``before`` may be negative (cropping)."""
+    ``dilate`` spaces the source out (a dilated strided dgrad's zero-dilation), ``step`` keeps every step-th
+    pixel (all a strided 1x1 CONV reads), ``before`` pads (the CONV's padding) or, negative, crops."""
     n_, c_, h_, w_ = src_shape
     src = te.placeholder(src_shape, dtype, name="src")
 
     def value(n, h, w, c):
-        h_in, h_index = _source_index(h, before_hw[0], dilate, h_)
-        w_in, w_index = _source_index(w, before_hw[1], dilate, w_)
+        h_in, h_index = _source_index(h, before_hw[0], dilate, step, h_)
+        w_in, w_index = _source_index(w, before_hw[1], dilate, step, w_)
         return tirx.if_then_else(tirx.all(h_in, w_in), src[n, c, h_index, w_index], tirx.const(0, dtype))
 
     out = te.compute((n_, *out_hw, c_), value, name="to_nhwc")

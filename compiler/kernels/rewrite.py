@@ -130,12 +130,19 @@ class _Rewriter(relax.PyExprMutator):
         return -(-channels // lanes) * lanes
 
     def _input_window(self, x, out_hw, kernel_hw, stride, dilation, padding):
-        """X channels-last and padded to exactly the rows and columns the CONV's windows reach: (tensor, (Hp, Wp))."""
-        reach = tuple((out - 1) * st + (k - 1) * d + 1 for out, k, st, d in zip(out_hw, kernel_hw, stride, dilation))
+        """X channels-last and padded to exactly the rows and columns the CONV's windows reach: (tensor, (Hp, Wp),
+        the stride left to the CONV).  A strided 1x1 CONV reads every stride-th pixel only: those alone are
+        copied, and the CONV runs at stride 1 on them."""
         top, left, _, _ = _ints(padding)
         dtype = str(x.ty.dtype)
         n, c = _shape(x)[:2]
-        return self._call((n, *reach, c), dtype, layout.to_channels_last, [x], _shape(x), dtype, reach, (top, left)), reach
+        if kernel_hw == (1, 1) and stride[0] == stride[1] > 1:
+            window = self._call((n, *out_hw, c), dtype, layout.to_channels_last, [x], _shape(x), dtype, out_hw,
+                                (top, left), 1, stride[0])
+            return window, out_hw, (1, 1)
+        reach = tuple((out - 1) * st + (k - 1) * d + 1 for out, k, st, d in zip(out_hw, kernel_hw, stride, dilation))
+        window = self._call((n, *reach, c), dtype, layout.to_channels_last, [x], _shape(x), dtype, reach, (top, left))
+        return window, reach, stride
 
     def _forward(self, call):
         x, w = call.args
@@ -143,7 +150,7 @@ class _Rewriter(relax.PyExprMutator):
         (n, c, _, _), (o, _, kh, kw) = _shape(x), _shape(w)
         oh, ow = _shape(call)[2:]
         stride, dilation = _ints(call.attrs.strides), _ints(call.attrs.dilation)
-        xp, (hp, wp) = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
+        xp, (hp, wp), stride = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
         op = self._padded(o, dtype)
         block = direct.weight_tile(self.isa, dtype, op, ow)
         wt = self._call((op // block, kh, kw, c, block), dtype, layout.filter_to_hwio, [w], _shape(w), dtype, op, block)
@@ -220,7 +227,7 @@ class _Rewriter(relax.PyExprMutator):
         (n, c, _, _), (_, o, oh, ow) = _shape(x), _shape(dy)
         kh, kw = kernel_hw
         dilation, stride = _ints(call.attrs.strides), _ints(call.attrs.dilation)  # swapped in the wgrad form
-        xp, (hp, wp) = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
+        xp, (hp, wp), stride = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
         op = self._padded(o, dtype)
         block = wgrad.dy_tile(self.isa, dtype, op, c)
         dyn = self._call((op // block, n, oh, ow, block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype, op, block)
