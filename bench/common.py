@@ -77,6 +77,8 @@ def timed_burst(fn, calls):
 
     The first call after an idle pause pays the cores' wake-up (1-10 ms in this VM, either library); a training
     loop never idles, so the median of the following calls is the step's time."""
+    if calls < 2:
+        raise ValueError(f"--calls {calls}: a burst needs at least 2 calls (the first is untimed)")
     time.sleep(SETTLE_S)
     fn()
     wall, cpu = [], []

@@ -82,8 +82,6 @@ def main():
                 runs = {name: (lambda vm=vm: vm[op](*tensors)) for name, vm in vms.items()}
                 runs["torch"] = torch_op
                 samples = {name: [] for name in runs}
-                for fn in runs.values():
-                    fn()  # warm-up
                 for _ in range(args.rounds):
                     for name, fn in runs.items():
                         samples[name].append(timed_burst(fn, args.calls)[0])
@@ -95,8 +93,9 @@ def main():
                 print(f"{row['layer']:24s} {form:8s} {op:7s} " + "  ".join(
                     f"{name} {medians[name]:8.2f} ms ({row['vs_onednn'].get(name, 1):.2f}x)" for name in runs), flush=True)
     write_json(args.out, {"benchmark": "conv_kernels", "batch": args.batch, "ratio": args.ratio, "threads": args.threads,
-                          "target": target.tvm_target, "method": f"median of {args.rounds} interleaved rounds of {args.calls} "
-                          "back-to-back calls, the first untimed, freed memory kept (ms); "
+                          "target": target.tvm_target,
+                          "method": f"median of {args.rounds} interleaved rounds of {args.calls} back-to-back calls, "
+                          "the first untimed, freed memory kept (ms); "
                           "vs_onednn = time / PyTorch's", "layers": layers})
     plot(layers, args.out.removesuffix(".json") + ".png")
 

@@ -67,8 +67,6 @@ def main():
     for ratio, model in models.items():
         runs[f"skeleton_r{ratio}"] = lambda model=model: model.vm["train_step_skel"](*model.args("train_step_skel"))
     wall, cpu = {name: [] for name in runs}, {name: [] for name in runs}
-    for fn in runs.values():
-        fn()  # warm-up
     for _ in range(args.rounds):
         for name, fn in runs.items():
             round_wall, round_cpu = timed_burst(fn, args.calls)
@@ -82,8 +80,9 @@ def main():
               f"cpu {entry['cpu_ms']:9.2f} ms  PyTorch full / this = {entry['torch_full_over_this']:.2f}", flush=True)
     write_json(args.out, {"benchmark": "train_step", "model": args.model, "batch": args.batch, "target": args.target,
                           "threads": args.threads, "tuned": bool(args.tuning_db), "conv_kernels": args.conv_kernels,
-                          "method": f"median of {args.rounds} interleaved rounds, each {args.calls} "
-                          "back-to-back calls after a settle pause, the first untimed; freed memory kept (keep_freed_memory)", "steps": medians,
+                          "method": f"median of {args.rounds} interleaved rounds, each {args.calls} back-to-back "
+                          "calls after a settle pause, the first untimed; freed memory kept (keep_freed_memory)",
+                          "steps": medians,
                           "samples_wall_ms": wall})
 
 

@@ -80,7 +80,8 @@ def filter_to_hwio(weight_shape, dtype, out_channels, block):
 
     out = te.compute((out_channels // block, r_, s_, c_, block), value, name="to_hwio")
     # per (tile, c): T source rows of R x S contiguous taps each
-    return _copy_in_order(te.create_prim_func([weight, out]), "to_hwio", lambda sch, ob, r, s, c, t: (ob, c, t, r, s), 1)
+    return _copy_in_order(te.create_prim_func([weight, out]), "to_hwio",
+                          lambda sch, ob, r, s, c, t: (ob, c, t, r, s), 1)
 
 
 def filter_to_flipped_hwoi(weight_shape, dtype, in_channels, block):
@@ -132,13 +133,14 @@ def _transposed(func, name, order):
     """Schedule an NCHW <-> NHWC copy: parallel over (image, row), 8 x 8 blocks of (W, C) inside.
 
     ``order`` maps the block's loops to (n, h, the output's second-innermost, its innermost)."""
-    sch = s_tir.Schedule(func)
-    n, h, slow, fast = order(*sch.get_loops(sch.get_sblock(name)))
-    slow_outer, slow_inner = sch.split(slow, [None, BLOCK])
-    fast_outer, fast_inner = sch.split(fast, [None, BLOCK])
-    sch.reorder(n, h, slow_outer, fast_outer, slow_inner, fast_inner)
-    parallel_outer(sch, [n, h])
-    return scheduled(sch)
+
+    def blocked(sch, *loops):
+        n, h, slow, fast = order(*loops)
+        slow_outer, slow_inner = sch.split(slow, [None, BLOCK])
+        fast_outer, fast_inner = sch.split(fast, [None, BLOCK])
+        return n, h, slow_outer, fast_outer, slow_inner, fast_inner
+
+    return _copy_in_order(func, name, blocked, 2)
 
 
 def pack_columns(shape, dtype, columns, block):

@@ -58,10 +58,8 @@ def _schedule(func, tile, taps_outside):
     r, s, c, o, n, h, w = sch.get_loops(block)
     c_outer, c_tile = sch.split(c, [None, tile.pixels])
     o_outer, o_vectors, o_lanes = split_channels(sch, o, tile)
-    if taps_outside:
-        sch.reorder(c_outer, o_outer, r, s, n, h, w, c_tile, o_vectors, o_lanes)
-    else:
-        sch.reorder(c_outer, o_outer, n, h, r, s, w, c_tile, o_vectors, o_lanes)
+    reduction = (r, s, n, h, w) if taps_outside else (n, h, r, s, w)
+    sch.reorder(c_outer, o_outer, *reduction, c_tile, o_vectors, o_lanes)
     parallel_outer(sch, [c_outer, o_outer])
     sch.unroll(c_tile)
     sch.unroll(o_vectors)
