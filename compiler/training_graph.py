@@ -26,7 +26,7 @@ from tvm.relax.utils import copy_with_new_vars
 from fedskel.runtime.manifest import calling_convention
 
 from . import conv_gradient, gradients  # noqa: F401  (register the corrected and missing gradient rules)
-from .batch_norm_stats import exact_attributes, unbiased_running_variance
+from .batch_norm_stats import DecomposeTrainingBatchNorm, exact_attributes
 from .conv_layers import find_conv_layers
 from .dropout import has_dropout, inference_dropout, training_dropout
 from .errors import CompileError, tvm_reason
@@ -65,11 +65,10 @@ def build_training_module(imported, ratio):
     ]
 
     dropout = has_dropout(forward)
-    forward_train = unbiased_running_variance(_with_importance(forward, layers))
+    forward_train = _with_importance(forward, layers)
     module = tvm.IRModule({"forward_train": training_dropout(forward_train) if dropout else forward_train})
     module["predict"] = inference_dropout(_inference_mode(copy_with_new_vars(forward)))
     module = _append_loss(module, len(imported.state_names) + len(layers))
-    module = relax.transform.DecomposeOpsForTraining("loss")(module)
     loss = module["loss"]
     try:
         module = relax.transform.Gradient("loss", require_grads=list(loss.params[1 : 1 + num_params]))(module)
@@ -78,7 +77,8 @@ def build_training_module(imported, ratio):
         raise CompileError(f"cannot differentiate {imported.name}: {reason}") from None
     functions = {gvar.name_hint: func for gvar, func in module.functions.items() if gvar.name_hint != "loss"}
     functions["gradients"] = functions.pop("loss_adjoint")
-    module = SkeletonizeConvBackward([layer["k"] for layer in conv_layers], num_params)(_module_of(functions))
+    module = DecomposeTrainingBatchNorm()(_module_of(functions))
+    module = SkeletonizeConvBackward([layer["k"] for layer in conv_layers], num_params)(module)
     for name in ("gradients", "gradients_skel"):
         module = _add_sgd_step(module, name, num_params, len(imported.state_names), len(layers), int(dropout))
     return TrainingModule(WidenReductionAccumulators()(module), conv_layers, calling_convention(dropout))
