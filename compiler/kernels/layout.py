@@ -1,8 +1,9 @@
 """Layout kernels at the edges of the NHWC CONVs: NCHW <-> NHWC, with padding folded in.
 
 Each is one TE compute with a parallel schedule, so a CONV's input is padded, zero-dilated (stride-2 dgrad)
-and made channels-last in a single pass over memory, and its output made NCHW again in one more.  The
-public layout (ONNX's NCHW activations, OIHW weights) is untouched outside these kernels.
+and made channels-last in a single pass over memory; a CONV writes its NCHW output itself (direct.py) unless
+vector padding left channels to drop, which ``to_channels_first`` does in one more pass.  The public layout
+(ONNX's NCHW activations, OIHW weights) is untouched outside these kernels.
 """
 
 from tvm import s_tir, te, tirx

@@ -154,10 +154,21 @@ class _Rewriter(relax.PyExprMutator):
         op = self._padded(o, dtype)
         block = direct.weight_tile(self.isa, dtype, op, ow)
         wt = self._call((op // block, kh, kw, c, block), dtype, layout.filter_to_hwio, [w], _shape(w), dtype, op, block)
-        y = self._call((n, oh, ow, op), dtype, direct.direct_conv, [xp, wt], (n, hp, wp, c), (kh, kw, c, op), stride,
-                       dilation, (oh, ow), dtype, self.isa, role="conv_forward")
-        return relax.call_tir(self._kernel(layout.to_channels_first, (n, oh, ow, op), dtype, o), [y],
-                              relax.TensorType((n, o, oh, ow), dtype))
+        return self._direct_conv_nchw([xp, wt], (n, hp, wp, c), (kh, kw, c, op), stride, dilation, (oh, ow), o, dtype,
+                                      "conv_forward")
+
+    def _direct_conv_nchw(self, inputs, inp_shape, weight_shape, stride, dilation, out_hw, channels, dtype, role):
+        """direct.direct_conv with an NCHW result: written so by the kernel itself (one pass over memory fewer),
+        unless vector padding left channels to drop, which a layout kernel does."""
+        n, padded = inp_shape[0], weight_shape[3]
+        if padded == channels:
+            return relax.call_tir(self._kernel(direct.direct_conv, inp_shape, weight_shape, stride, dilation, out_hw, dtype,
+                                               self.isa, True, role=role), inputs,
+                                  relax.TensorType((n, channels, *out_hw), dtype))
+        y = self._call((n, *out_hw, padded), dtype, direct.direct_conv, inputs, inp_shape, weight_shape, stride, dilation,
+                       out_hw, dtype, self.isa, role=role)
+        return relax.call_tir(self._kernel(layout.to_channels_first, (n, *out_hw, padded), dtype, channels), [y],
+                              relax.TensorType((n, channels, *out_hw), dtype))
 
     def _data_grad(self, call):
         dy, w = call.args
@@ -178,10 +189,8 @@ class _Rewriter(relax.PyExprMutator):
         block = direct.weight_tile(self.isa, dtype, cp, wd)
         wf = self._call((cp // block, kh, kw, o, block), dtype, layout.filter_to_flipped_hwoi, [w], _shape(w), dtype, cp,
                         block)
-        dx = self._call((n, h, wd, cp), dtype, direct.direct_conv, [dyp, wf], (n, hp, wp, o), (kh, kw, o, cp), (1, 1),
-                        dilation, (h, wd), dtype, self.isa, role="conv_dgrad")
-        return relax.call_tir(self._kernel(layout.to_channels_first, (n, h, wd, cp), dtype, c), [dx],
-                              relax.TensorType((n, c, h, wd), dtype))
+        return self._direct_conv_nchw([dyp, wf], (n, hp, wp, o), (kh, kw, o, cp), (1, 1), dilation, (h, wd), c, dtype,
+                                      "conv_dgrad")
 
     def _data_grad_by_phase(self, dy, w, out_hw, pads, stride, cp):
         """A stride-S dgrad as S x S stride-1 CONVs, one per output phase (phases.py), interleaved into dX."""

@@ -33,10 +33,13 @@ def vectorize_last_loop(sch, *blocks):
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps fuses nothing into it (FuseTIR would drop the schedule)
 
 
-def accumulate_in_registers(sch, block, tile_loop, first_reduction):
+def accumulate_in_registers(sch, block, tile_loop, first_reduction, tile_layout=None):
     """Keep the register tile in a local buffer written back once per ``tile_loop`` iteration; init and
-    write-back vectorised."""
+    write-back vectorised.  ``tile_layout`` (an index map of the output's indices) orders the local buffer
+    when the output's own order is not the tile's."""
     accumulators = sch.cache_write(block, 0, "global")
+    if tile_layout is not None:
+        sch.transform_layout(block, ("write", 0), tile_layout)
     sch.reverse_compute_at(accumulators, tile_loop)
     init = sch.decompose_reduction(block, first_reduction)
     vectorize_last_loop(sch, init, accumulators)
