@@ -22,9 +22,8 @@ from .onnx_floats import intended_value
 CONVENTION = "unbiased"  # what the manifest records for running_var
 
 
-def is_batch_norm(call, training=True):
-    return (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.batch_norm"
-            and bool(call.attrs.training) == training)
+def is_batch_norm(call):
+    return isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.batch_norm"
 
 
 def channel_geometry(data, axis):
@@ -66,7 +65,7 @@ def inverse_std(emit, variance, epsilon):
 class _DecomposeTrainingBatchNorm(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not is_batch_norm(call):
+        if not (is_batch_norm(call) and call.attrs.training):
             return call
         data, gamma, beta, running_mean, running_var = call.args
         a = call.attrs
@@ -88,23 +87,19 @@ class _DecomposeTrainingBatchNorm(relax.PyExprMutator):
         return relax.Tuple([out, new_mean, new_var])
 
 
-@tvm.transform.module_pass(opt_level=0, name="DecomposeTrainingBatchNorm")
+@relax.transform.function_pass(opt_level=0, name="DecomposeTrainingBatchNorm")
 class DecomposeTrainingBatchNorm:
     """Every training batch_norm of every Relax function as the ops above (inference ones are left to TVM)."""
 
-    def transform_module(self, mod, ctx):
-        updates = {gvar: _DecomposeTrainingBatchNorm().visit_expr(func)
-                   for gvar, func in mod.functions.items() if isinstance(func, relax.Function)}
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
+    def transform_function(self, func, mod, ctx):
+        return _DecomposeTrainingBatchNorm().visit_expr(func)
 
 
 @relax.expr_functor.mutator
 class _ExactAttributes(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.batch_norm"):
+        if not is_batch_norm(call):
             return call
         a = call.attrs
         epsilon, momentum = intended_value(a.epsilon), intended_value(a.momentum)

@@ -26,7 +26,7 @@ from tvm.relax.utils import copy_with_new_vars
 from fedskel.runtime.manifest import calling_convention
 
 from . import conv_gradient, gradients  # noqa: F401  (register the corrected and missing gradient rules)
-from .batch_norm_stats import DecomposeTrainingBatchNorm, exact_attributes
+from .batch_norm_stats import DecomposeTrainingBatchNorm, exact_attributes, is_batch_norm
 from .conv_layers import find_conv_layers
 from .dropout import has_dropout, inference_dropout, training_dropout
 from .errors import CompileError, tvm_reason
@@ -131,7 +131,7 @@ class _EvalBatchNorm(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.batch_norm" and call.attrs.training:
+        if is_batch_norm(call) and call.attrs.training:
             a = call.attrs
             return relax.op.nn.batch_norm(*call.args, a.axis, a.epsilon, a.center, a.scale, a.momentum, training=False)
         return call

@@ -29,15 +29,12 @@ REDUCTIONS = {
 }
 
 
-@tvm.transform.module_pass(opt_level=0, name="WidenReductionAccumulators")
+@relax.transform.function_pass(opt_level=0, name="WidenReductionAccumulators")
 class WidenReductionAccumulators:
     """Rewrite every float32 sum, mean, variance and collapse_sum_to of every Relax function to accumulate in float64."""
 
-    def transform_module(self, mod, ctx):
-        updates = {gvar: _Widener().visit_expr(func) for gvar, func in mod.functions.items() if isinstance(func, relax.Function)}
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
+    def transform_function(self, func, mod, ctx):
+        return _Widener().visit_expr(func)
 
 
 @relax.expr_functor.mutator
