@@ -40,6 +40,9 @@ class Trainer:
         # unless given one, so every step has its own mask and the same seed rebuilds it.
         self.has_dropout = DROPOUT_SEED in manifest["functions"]["gradients"]
         self.dropout_seed = 0
+        self._hypers = {}  # name -> (value, 0-d tensor) of the last step: a training loop repeats them
+        self._last_skeleton = None  # (what it was, its index tensors): UpdateSkel steps repeat one skeleton
+        self._last_importance = None
         self.reset_optimizer()
 
     # ---- what the model is -------------------------------------------------------------------
@@ -104,8 +107,14 @@ class Trainer:
         self._params = list(result[1 : 1 + p])
         self._states = list(result[1 + p : 1 + p + s])
         self._velocities = list(result[1 + p + s : 1 + 2 * p + s])
-        self.last_importance = self._named_importance(result[1 + 2 * p + s :])
+        self._last_importance = result[1 + 2 * p + s :]
         return float(result[0].numpy())
+
+    @property
+    def last_importance(self):
+        """{CONV weight name: sum over N, H, W of |Y|} of the last train_step (None before one); copied to
+        numpy only when asked for, so steps that do not select a skeleton do not pay for it."""
+        return None if self._last_importance is None else self._named_importance(self._last_importance)
 
     def importance(self, x, seed=None):
         """{CONV weight name: sum over N, H, W of |Y|} from a train-mode forward (states untouched)."""
@@ -129,7 +138,10 @@ class Trainer:
         """A hyper-parameter as a 0-d tensor: a finite real number >= 0 (torch.optim.SGD refuses negative ones)."""
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
             raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-        return self._tensor(np.asarray(value, dtype=self.dtype))
+        last = self._hypers.get(name)
+        if last is None or last[0] != value:
+            last = self._hypers[name] = (value, self._tensor(np.asarray(value, dtype=self.dtype)))
+        return last[1]
 
     def _input(self, x):
         x = np.asarray(x)
@@ -160,4 +172,9 @@ class Trainer:
         return [self._tensor(np.asarray(seed, dtype=np.int64))]
 
     def _skeleton(self, skeleton):
-        return [self._tensor(v) for v in validate_skeleton(skeleton, self.conv_layers)]
+        """The validated index tensors; the last skeleton's are reused while its names and bytes are unchanged."""
+        arrays = {name: np.asarray(v) for name, v in skeleton.items()}
+        key = sorted((name, a.dtype.str, a.shape, a.tobytes()) for name, a in arrays.items())
+        if self._last_skeleton is None or self._last_skeleton[0] != key:
+            self._last_skeleton = (key, [self._tensor(v) for v in validate_skeleton(arrays, self.conv_layers)])
+        return self._last_skeleton[1]

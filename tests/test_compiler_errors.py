@@ -124,6 +124,20 @@ def test_bad_skeleton_is_refused_before_any_kernel(digits_trainer, bad, needle):
     assert name in str(info.value)
 
 
+def test_a_skeleton_changed_in_place_after_a_step_is_checked_again(digits_trainer):
+    """The trainer reuses the last skeleton's index tensors while it is unchanged; an edit of the same arrays
+    must not slip past the check (TVM's take would read out of bounds)."""
+    x, y = np.zeros(digits_trainer.input_shape, np.float32), np.zeros(8, np.int64)
+    skeleton = _skeleton(digits_trainer)
+    digits_trainer.train_step(x, y, skeleton=skeleton)
+    name, (c, k) = next(iter(digits_trainer.skeleton_layers.items()))
+    skeleton[name][-1] = c
+    with pytest.raises(SkeletonError, match="out of range"):
+        digits_trainer.train_step(x, y, skeleton=skeleton)
+    skeleton[name][-1] = k - 1
+    digits_trainer.train_step(x, y, skeleton=skeleton)
+
+
 def test_skeleton_with_unknown_or_missing_layer(digits_trainer):
     x, y = np.zeros(digits_trainer.input_shape, np.float32), np.zeros(8, np.int64)
     with pytest.raises(SkeletonError, match="unknown"):

@@ -1,5 +1,6 @@
 """The CPU pipeline's ParallelSpatial: kernels nothing else schedules run their spatial loops in parallel, large
-ones only, and compute what TVM's serial lowering computes."""
+ones only, with their innermost loop (elementwise) or innermost reduction loop (sums, as partial sums per lane)
+in vector lanes where the lanes divide it, and compute what TVM's serial lowering computes."""
 
 import numpy as np
 import pytest
@@ -48,13 +49,53 @@ def test_large_kernels_get_a_parallel_loop_and_small_ones_stay_serial(host):
     assert not any(parallel_loops(func) for func in scheduled_kernels(bn_like_module(small_shape), host))
 
 
-def test_parallel_kernels_compute_what_the_serial_ones_do(host):
-    module = bn_like_module((8, 16, 16, 16))
-    x = np.random.default_rng(0).standard_normal((8, 16, 16, 16)).astype("float32")
+def reduces(func):
+    return "T.init()" in func.script()
+
+
+@pytest.mark.parametrize("width, vectorized", [(16, True), (12, True), (15, False)])
+def test_kernels_run_their_inner_loop_in_vector_lanes(host, width, vectorized):
+    kernels = scheduled_kernels(bn_like_module((8, 16, 16, width)), host)
+    assert any(reduces(func) for func in kernels)
+    assert all(parallel_loops(func) for func in kernels)
+    assert all(("T.vectorized(" in func.script()) == vectorized for func in kernels)
+    # a reduction sums per lane into a buffer of partial sums, added up per parallel task
+    assert all(("_rf" in func.script()) == vectorized for func in kernels if reduces(func))
+
+
+@pytest.mark.parametrize("width", [16, 15])
+def test_parallel_kernels_compute_what_the_serial_ones_do(host, width):
+    module = bn_like_module((8, 16, 16, width))
+    x = np.random.default_rng(0).standard_normal((8, 16, 16, width)).astype("float32")
     results = []
     for pipeline in (cpu_pipeline(host), "default"):
         vm = relax.VirtualMachine(tvm.compile(module, target=host, relax_pipeline=pipeline), tvm.cpu())
         results.append(vm["main"](tvm.runtime.tensor(x)).numpy())
     want = 2 * np.maximum(x - x.mean(axis=(0, 2, 3), keepdims=True), 0)
     np.testing.assert_allclose(results[0], want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(results[0], results[1])
+    # the lanes reorder the mean's float32 sum (the training graph's sums accumulate in float64)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-6)
+
+
+def test_vector_lanes_compute_what_the_serial_kernels_do_exactly(host):
+    """An elementwise block is bit-identical; a float64 sum of float32 values is too, here where every
+    partial sum is exact (small integers), so any lost or doubled element would show."""
+    shape = (4, 8, 16, 32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            wide = bb.emit(relax.op.astype(x, "float64"))
+            total = bb.emit(relax.op.sum(wide, axis=[0, 2, 3]))
+            out = bb.emit_output(relax.Tuple([total, bb.emit(relax.op.multiply(relax.op.nn.relu(x), x))]))
+        bb.emit_func_output(out)
+    module = bb.get()
+    assert all("T.vectorized(" in func.script() for func in scheduled_kernels(module, host))
+    x = np.random.default_rng(1).integers(-50, 50, shape).astype("float32")
+    results = []
+    for pipeline in (cpu_pipeline(host), "default"):
+        vm = relax.VirtualMachine(tvm.compile(module, target=host, relax_pipeline=pipeline), tvm.cpu())
+        results.append([t.numpy() for t in vm["main"](tvm.runtime.tensor(x))])
+    np.testing.assert_array_equal(results[0][0], x.astype(np.float64).sum(axis=(0, 2, 3)))
+    for ours, serial in zip(*results):
+        np.testing.assert_array_equal(ours, serial)

@@ -32,6 +32,10 @@ GEOMETRIES = [
 MAP_SIZES = range(1, 17)
 # Shapes TVM 0.27's max_pool2d_backward got wrong (issue 13)
 REGRESSIONS = [((3, 1, 1, 1, False), (2, 2)), ((4, 1, 0, 1, False), (6, 6)), ((3, 2, 1, 1, True), (7, 5))]
+# Windows that tile the map take the rule's shorter road: exact tilings, rows/columns left over, a
+# rectangular window; and the ceil_mode window past the edge that must not take it
+TILINGS = [((2, 2, 0, 1, False), (8, 8)), ((2, 2, 0, 1, False), (7, 9)), ((3, 3, 0, 1, False), (7, 5)),
+           (((2, 3), (2, 3), 0, 1, False), (8, 10)), ((1, 1, 0, 1, False), (3, 3)), ((2, 2, 0, 1, True), (7, 7))]
 
 
 def torch_output_shape(geometry, hw):
@@ -95,10 +99,10 @@ def valid_cases(geometries, sizes):
 
 
 def test_max_pool_gradient_sample_equals_torch():
-    """The shapes TVM got wrong, and a random quarter of the geometries on maps of random (H, W) in 1..16
+    """The shapes TVM got wrong, the tilings, and a random quarter of the geometries on maps of random (H, W) in 1..16
     (a configuration costs about 0.3 s to compile; the slow step runs them all)."""
     rng = np.random.default_rng(13)
-    cases = list(REGRESSIONS)
+    cases = REGRESSIONS + TILINGS
     for index in rng.choice(len(GEOMETRIES), len(GEOMETRIES) // 4, replace=False):
         geometry = GEOMETRIES[index]
         while True:

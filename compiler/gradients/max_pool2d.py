@@ -6,6 +6,10 @@ ops whose semantics are simple: the K*K strided views (taps) of the input padded
 over the taps (ties go to the first tap of the window in row-major order, as torch does), and a gather
 with a constant table that sums, for every input element, the output gradients of the windows whose
 maximum it is.  (A padded tap can win only where every real element of its window is -inf.)
+
+Windows that tile the map (stride = kernel, no padding or dilation: LeNet's and most CNNs' ``MaxPool2d(2)``)
+take a shorter road with the same semantics: the map viewed as (windows, taps), the argmax over the taps,
+and the gradient written back through the same view, two passes with no gather table.
 """
 
 import numpy as np
@@ -57,6 +61,31 @@ def _gather_table(rows, cols, in_hw, out_hw):
     return table
 
 
+def _tiles_map(geometry, in_hw, out_hw):
+    """Whether every window is whole, disjoint from the others and inside the map (rows and columns past the
+    last window get no gradient)."""
+    return all(k == s and d == 1 and before == 0 and out * k <= size
+               for (k, s, d, before, _), size, out in zip(geometry, in_hw, out_hw))
+
+
+def _tiled_max_pool2d_grad(data, output_grad, kh, kw, out_hw):
+    """The gradient of non-overlapping windows: x[:, :, :oh*kh, :ow*kw] seen as (N, C, oh, ow, kh*kw)."""
+    batch, channels, height, width = static_shape(data)
+    (out_h, out_w), dtype = out_hw, data.ty.dtype
+    covered = data
+    if (out_h * kh, out_w * kw) != (height, width):
+        covered = relax.op.strided_slice(data, axes=[2, 3], begin=[0, 0], end=[out_h * kh, out_w * kw])
+    windows = relax.op.permute_dims(relax.op.reshape(covered, (batch, channels, out_h, kh, out_w, kw)), [0, 1, 2, 4, 3, 5])
+    winner = relax.op.argmax(relax.op.reshape(windows, (batch, channels, out_h, out_w, kh * kw)), axis=4, keepdims=True)
+    tap_index = relax.const(np.arange(kh * kw, dtype="int64"))
+    per_tap = relax.op.where(relax.op.equal(winner, tap_index), relax.op.expand_dims(output_grad, 4), relax.const(0, dtype))
+    per_tap = relax.op.permute_dims(relax.op.reshape(per_tap, (batch, channels, out_h, out_w, kh, kw)), [0, 1, 2, 4, 3, 5])
+    grad = relax.op.reshape(per_tap, (batch, channels, out_h * kh, out_w * kw))
+    if (out_h * kh, out_w * kw) != (height, width):
+        grad = relax.op.nn.pad(grad, [0, 0, 0, 0, 0, height - out_h * kh, 0, width - out_w * kw])
+    return grad
+
+
 def _max_pool2d_grad(orig_var, orig_call, output_grad, ctx):
     attrs = orig_call.attrs
     if attrs.layout != "NCHW" or (attrs.out_layout or "NCHW") != "NCHW":
@@ -65,7 +94,10 @@ def _max_pool2d_grad(orig_var, orig_call, output_grad, ctx):
     batch, channels, height, width = static_shape(data)
     out_h, out_w = static_shape(orig_var)[2:]
     dtype = data.ty.dtype
-    (kh, sh, dh, top, bottom), (kw, sw, dw, left, right) = _window_geometry(attrs, (height, width), (out_h, out_w))
+    geometry = _window_geometry(attrs, (height, width), (out_h, out_w))
+    (kh, sh, dh, top, bottom), (kw, sw, dw, left, right) = geometry
+    if _tiles_map(geometry, (height, width), (out_h, out_w)):
+        return [_tiled_max_pool2d_grad(data, output_grad, kh, kw, (out_h, out_w))]
     padded = relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float("-inf"))
     taps = [
         relax.op.strided_slice(padded, axes=[2, 3], begin=[i * dh, j * dw],
