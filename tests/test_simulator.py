@@ -154,6 +154,7 @@ def test_cli_writes_run_directories_and_compares_them(digits_artifact, tmp_path,
     fedavg_row, fedskel_row = ({h: c.strip() for h, c in zip(header, line.strip("|").split("|"))} for line in table[2:4])
     assert (fedavg_row["strategy"], fedavg_row["r"], fedavg_row["local"], fedavg_row["uplink % FedAvg"]) == ("fedavg", "-", "none", "100.0%")
     assert (fedskel_row["strategy"], fedskel_row["r"]) == ("fedskel", "0.3") and float(fedskel_row["uplink % FedAvg"].rstrip("%")) < 35
+    assert (fedavg_row["SetSkel steps / re-select"], fedskel_row["SetSkel steps / re-select"]) == ("-", "1 / 1")
     assert plot.stat().st_size > 0
 
 
