@@ -240,8 +240,11 @@ class _Rewriter(relax.PyExprMutator):
         op = self._padded(o, dtype)
         block = wgrad.dy_tile(self.isa, dtype, op, c)
         dyn = self._call((op // block, n, oh, ow, block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype, op, block)
-        dw = self._call((kh, kw, c, op), dtype, wgrad.weight_grad, [xp, dyn], (n, hp, wp, c), (n, oh, ow, op), (kh, kw),
-                        stride, dilation, dtype, self.isa, role="conv_wgrad")
+        geometry = ((n, hp, wp, c), (n, oh, ow, op), (kh, kw), stride, dilation, dtype, self.isa)
+        if op == o and wgrad.writes_oihw(geometry[1]):  # the kernel writes ONNX's layout itself
+            return relax.call_tir(self._kernel(wgrad.weight_grad, *geometry, True, role="conv_wgrad"), [xp, dyn],
+                                  relax.TensorType((o, c, kh, kw), dtype))
+        dw = self._call((kh, kw, c, op), dtype, wgrad.weight_grad, [xp, dyn], *geometry, role="conv_wgrad")
         return relax.call_tir(self._kernel(layout.filter_from_hwio, (kh, kw, c, op), dtype, o), [dw],
                               relax.TensorType((o, c, kh, kw), dtype))
 
