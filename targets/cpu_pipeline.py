@@ -43,10 +43,16 @@ class ParallelSpatial(dlight.ScheduleRule):
     def apply(self, func, target, tunable):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        # a block whose vector loop TVM refuses gets the scalar schedule; none half-applied is kept
-        return self._schedule(func, vectorize=True) or self._schedule(func, vectorize=False)
+        # a kernel with a block whose vector schedule TVM refuses gets the scalar one; none half-applied is kept
+        for vectorize in (True, False):
+            try:
+                return self._schedule(func, vectorize)
+            except s_tir.ScheduleError:
+                continue
+        return None
 
     def _schedule(self, func, vectorize):
+        """The scheduled kernel, or None where no block is large enough to pay for a parallel loop."""
         sch = s_tir.Schedule(func)
         blocks = normalize_prim_func(sch)
         if blocks is None:
@@ -64,28 +70,24 @@ class ParallelSpatial(dlight.ScheduleRule):
                 continue
             if math.prod(e for e, kind in zip(extents, kinds) if kind == "S") < 2:
                 continue
-            try:
-                sch.reorder(*spatial, *reduction)
-                if reduction:
-                    outer = parallel_outer(sch, spatial)
-                    if vectorize:
-                        self._reduce_in_vector_lanes(sch, block.block_rv, outer, reduction)
-                elif len(spatial) < 2 or math.prod(extents[:len(spatial) - 1]) < 2:
-                    parallel_outer(sch, spatial)
-                else:
-                    self._parallel_outer_vector_inner(sch, spatial, vectorize)
-            except s_tir.ScheduleError:
-                return None  # a schedule half-applied is not kept
+            sch.reorder(*spatial, *reduction)
+            if reduction:
+                outer = parallel_outer(sch, spatial)
+                if vectorize:
+                    self._reduce_in_vector_lanes(sch, block.block_rv, outer, reduction)
+            else:
+                self._parallel_outer_vector_inner(sch, spatial, vectorize)
             changed = True
         return sch if changed else None
 
     @staticmethod
     def _parallel_outer_vector_inner(sch, spatial, vectorize):
         """All spatial loops but the last fused and parallel, the last one in vector lanes; all of them fused
-        where the lanes do not divide it (a short serial loop inside each task runs slower)."""
+        where the lanes do not divide it or nothing would be left to run in parallel (a short serial loop inside
+        each task runs slower)."""
         *outer, inner = spatial
-        lanes = next((n for n in VECTOR_LANES if _extent(sch, inner) % n == 0), None) if vectorize else None
-        if lanes is None:
+        lanes = _lanes(sch, inner) if vectorize else None
+        if lanes is None or math.prod(_extent(sch, loop) for loop in outer) < 2:
             parallel_outer(sch, spatial)
             return
         parallel_outer(sch, outer)
@@ -96,17 +98,22 @@ class ParallelSpatial(dlight.ScheduleRule):
         """Split the innermost reduction loop by the vector lanes and sum each lane apart (rfactor), the lanes
         added at the end of each parallel task: vector loads, and as many independent float64 add chains as
         lanes (a serial sum waits out one add's latency per element)."""
-        lanes = next((n for n in VECTOR_LANES if _extent(sch, reduction[-1]) % n == 0), None)
+        lanes = _lanes(sch, reduction[-1])
+        # at least two elements per lane, so a reduction loop stays around the lanes after compute_at
         if lanes is None or math.prod(_extent(sch, loop) for loop in reduction) < 2 * lanes:
             return
         partial = sch.rfactor(sch.split(reduction[-1], [None, lanes])[1], factor_axis=len(sch.get(block).writes[0].region))
         sch.compute_at(partial, outer)  # rfactor gave the lane sums a loop nest of their own
         _, lane, *reduce = sch.get_loops(partial)
-        if reduce:
-            sch.reorder(*reduce, lane)
-            sch.vectorize(lane)  # before the init is split off: TVM vectorises no loop of a bare update block
-            init = sch.decompose_reduction(partial, reduce[0])
-            sch.vectorize(sch.get_loops(init)[-1])
+        sch.reorder(*reduce, lane)
+        sch.vectorize(lane)  # before the init is split off: TVM vectorises no loop of a bare update block
+        init = sch.decompose_reduction(partial, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _lanes(sch, loop):
+    """The widest of VECTOR_LANES that divides ``loop``'s extent, or None."""
+    return next((lanes for lanes in VECTOR_LANES if _extent(sch, loop) % lanes == 0), None)
 
 
 def cpu_pipeline(target):

@@ -72,17 +72,19 @@ def _tiled_max_pool2d_grad(data, output_grad, kh, kw, out_hw):
     """The gradient of non-overlapping windows: x[:, :, :oh*kh, :ow*kw] seen as (N, C, oh, ow, kh*kw)."""
     batch, channels, height, width = static_shape(data)
     (out_h, out_w), dtype = out_hw, data.ty.dtype
+    covered_h, covered_w = out_h * kh, out_w * kw
+    cropped = (covered_h, covered_w) != (height, width)
     covered = data
-    if (out_h * kh, out_w * kw) != (height, width):
-        covered = relax.op.strided_slice(data, axes=[2, 3], begin=[0, 0], end=[out_h * kh, out_w * kw])
+    if cropped:
+        covered = relax.op.strided_slice(data, axes=[2, 3], begin=[0, 0], end=[covered_h, covered_w])
     windows = relax.op.permute_dims(relax.op.reshape(covered, (batch, channels, out_h, kh, out_w, kw)), [0, 1, 2, 4, 3, 5])
     winner = relax.op.argmax(relax.op.reshape(windows, (batch, channels, out_h, out_w, kh * kw)), axis=4, keepdims=True)
     tap_index = relax.const(np.arange(kh * kw, dtype="int64"))
     per_tap = relax.op.where(relax.op.equal(winner, tap_index), relax.op.expand_dims(output_grad, 4), relax.const(0, dtype))
     per_tap = relax.op.permute_dims(relax.op.reshape(per_tap, (batch, channels, out_h, out_w, kh, kw)), [0, 1, 2, 4, 3, 5])
-    grad = relax.op.reshape(per_tap, (batch, channels, out_h * kh, out_w * kw))
-    if (out_h * kh, out_w * kw) != (height, width):
-        grad = relax.op.nn.pad(grad, [0, 0, 0, 0, 0, height - out_h * kh, 0, width - out_w * kw])
+    grad = relax.op.reshape(per_tap, (batch, channels, covered_h, covered_w))
+    if cropped:
+        grad = relax.op.nn.pad(grad, [0, 0, 0, 0, 0, height - covered_h, 0, width - covered_w])
     return grad
 
 

@@ -241,7 +241,7 @@ class _Rewriter(relax.PyExprMutator):
         block = wgrad.dy_tile(self.isa, dtype, op, c)
         dyn = self._call((op // block, n, oh, ow, block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype, op, block)
         geometry = ((n, hp, wp, c), (n, oh, ow, op), (kh, kw), stride, dilation, dtype, self.isa)
-        if op == o and wgrad.writes_oihw(geometry[1]):  # the kernel writes ONNX's layout itself
+        if op == o and wgrad.tile_in_registers(geometry[1]):  # the kernel writes ONNX's layout itself
             return relax.call_tir(self._kernel(wgrad.weight_grad, *geometry, True, role="conv_wgrad"), [xp, dyn],
                                   relax.TensorType((o, c, kh, kw), dtype))
         dw = self._call((kh, kw, c, op), dtype, wgrad.weight_grad, [xp, dyn], *geometry, role="conv_wgrad")

@@ -29,18 +29,19 @@ def dy_tile(isa, dtype, out_channels, in_channels):
     return conv_tile(isa, dtype, out_channels, in_channels).channels
 
 
-def writes_oihw(dy_shape):
-    """Whether the kernel can write dW as [O, C, R, S] itself: where the register tile is written once."""
+def tile_in_registers(dy_shape):
+    """Whether the taps go outside and the register tile stays over the whole reduction, written once (a small
+    dY map): then the kernel can also write dW as [O, C, R, S] itself."""
     return dy_shape[1] * dy_shape[2] <= SMALL_MAP
 
 
 def weight_grad(inp_shape, dy_shape, kernel_hw, stride, dilation, dtype, isa, oihw=False):
     """PrimFunc(inp [N, Hp, Wp, C], dy [O/T, N, OH, OW, T]) -> dW [R, S, C, O], or [O, C, R, S] when ``oihw``
-    (``writes_oihw`` maps only), scheduled for ``isa``; ``dy_shape`` is the logical [N, OH, OW, O].  dY
+    (``tile_in_registers`` maps only), scheduled for ``isa``; ``dy_shape`` is the logical [N, OH, OW, O].  dY
     comes packed by channel tile (``dy_tile``) so that a tile's dY row is contiguous."""
     n_, _, _, c_ = inp_shape
     _, oh_, ow_, o_ = dy_shape
-    if oihw and not writes_oihw(dy_shape):
+    if oihw and not tile_in_registers(dy_shape):
         raise ValueError(f"an OIHW weight gradient needs a map of at most {SMALL_MAP} pixels, got {oh_}x{ow_}")
     tile = conv_tile(isa, dtype, o_, c_)
     block = tile.channels
@@ -61,7 +62,7 @@ def weight_grad(inp_shape, dy_shape, kernel_hw, stride, dilation, dtype, isa, oi
     else:
         dw = te.compute((*kernel_hw, c_, o_), value, name="wgrad")
     func = te.create_prim_func([inp, dy, dw])
-    return _schedule(func, tile, writes_oihw(dy_shape), oihw)
+    return _schedule(func, tile, tile_in_registers(dy_shape), oihw)
 
 
 def _schedule(func, tile, taps_outside, oihw):
