@@ -7,7 +7,7 @@ import torch
 import tvm
 from tvm import relax
 
-from fedskel.compiler.kernels import UseConvKernels, conv_kind
+from fedskel.compiler.kernels import UseConvKernels, conv_kind, wgrad
 from fedskel.compiler.kernels.single_layer import single_conv_module
 from fedskel.compiler.kernels.tiles import AVX2, AVX512, NEON, SSE, target_isa
 from fedskel.targets import get_target
@@ -31,6 +31,10 @@ CASES = [
     (2, 24, 40, 8, 3, 2, 1, 1),  # stride 2 onto a 4x4 map
     (1, 4, 8, 7, 1, 2, 1, 1),  # padded strided 1x1: the subsampled copy reads padding and skips the last row
     (2, 3, 5, 10, 1, 3, 0, 2),  # stride-3 1x1, dilation that a 1x1 ignores
+    # wgrad tiled by input channel (a skeleton's k broadcast): row-blocked, k = 29 padded to 3 x 10 (float32)
+    (2, 32, 29, 9, 3, 1, 1, 1),
+    (2, 16, 29, 4, 3, 1, 1, 1),  # ... a 4x4 map (taps outside) whose padded k cannot be written as OIHW
+    (2, 32, 13, 16, 3, 2, 1, 1),  # ... stride 2, k = 13 in one tile
 ]
 
 
@@ -90,6 +94,18 @@ def test_grouped_convs_keep_tvms_lowering():
 )
 def test_register_tiles_follow_the_targets_isa(target, isa):
     assert target_isa(target) == isa
+
+
+@pytest.mark.parametrize(
+    "out_channels,in_channels,by_input_channel,padded",
+    [(7, 64, True, 7), (52, 512, True, 52), (29, 32, True, 30), (64, 64, False, 64), (7, 3, False, 16), (16, 64, False, 16)],
+)
+def test_weight_gradient_pads_the_fewer_output_channels(out_channels, in_channels, by_input_channel, padded):
+    """A skeleton's k channels broadcast (input channels in the lanes) unless X's channels do not fill whole
+    vectors or the lanes need no padding: k = 7 costs 7 channels' FLOPs, not 16."""
+    tiling = wgrad.plan(AVX512, "float32", out_channels, in_channels)
+    assert (tiling.by_input_channel, tiling.out_channels) == (by_input_channel, padded)
+    assert tiling.tile.pixels * tiling.tile.vectors <= AVX512.accumulators
 
 
 @pytest.mark.parametrize("m,k,n", [(32, 800, 500), (10, 32, 500), (500, 32, 800), (3, 7, 1), (16, 24, 16)])

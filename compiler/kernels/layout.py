@@ -101,18 +101,25 @@ def filter_to_flipped_hwoi(weight_shape, dtype, in_channels, block):
                           lambda sch, cb, r, s, o, t: (cb, o, r, s, t), 2)
 
 
-def filter_from_hwio(grad_shape, dtype, out_channels):
-    """PrimFunc(dW [R, S, C, O']) -> [O, C, R, S]: a weight gradient back in ONNX's layout."""
-    r_, s_, c_, _ = grad_shape
+def filter_from_tiles(grad_shape, dtype, out_channels, input_channels_last):
+    """PrimFunc(dW [R, S, C, O'], or [R, S, O', C] when ``input_channels_last`` (wgrad.Plan.grad_shape)) -> [O, C,
+    R, S]: a weight gradient back in ONNX's layout, the padded output channels dropped."""
+    r_, s_ = grad_shape[:2]
+    c_ = grad_shape[3] if input_channels_last else grad_shape[2]
     grad = te.placeholder(grad_shape, dtype, name="grad")
-    out = te.compute((out_channels, c_, r_, s_), lambda o, c, r, s: grad[r, s, c, o], name="to_oihw")
+    read = (lambda o, c, r, s: grad[r, s, o, c]) if input_channels_last else (lambda o, c, r, s: grad[r, s, c, o])
+    out = te.compute((out_channels, c_, r_, s_), read, name="to_oihw")
 
-    def order(sch, o, c, r, s):  # per (c, r, s): one cache line of O, written to LINE output rows
+    def order(sch, o, c, r, s):  # one cache line of the source's last axis at a time, written to LINE output rows
+        if input_channels_last:
+            c_outer, c_inner = sch.split(c, [None, LINE])
+            sch.unroll(c_inner)
+            return o, c_outer, r, s, c_inner
         o_outer, o_inner = sch.split(o, [None, LINE])
         sch.unroll(o_inner)
         return o_outer, c, r, s, o_inner
 
-    return _copy_in_order(te.create_prim_func([grad, out]), "to_oihw", order, 1)
+    return _copy_in_order(te.create_prim_func([grad, out]), "to_oihw", order, 2 if input_channels_last else 1)
 
 
 BLOCK = 8  # a transpose moves 8 x 8 blocks: both sides touch whole cache lines

@@ -237,15 +237,16 @@ class _Rewriter(relax.PyExprMutator):
         kh, kw = kernel_hw
         dilation, stride = _ints(call.attrs.strides), _ints(call.attrs.dilation)  # swapped in the wgrad form
         xp, (hp, wp), stride = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
-        op = self._padded(o, dtype)
-        block = wgrad.dy_tile(self.isa, dtype, op, c)
+        tiling = wgrad.plan(self.isa, dtype, o, c)
+        op, block = tiling.out_channels, tiling.dy_block
         dyn = self._call((op // block, n, oh, ow, block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype, op, block)
-        geometry = ((n, hp, wp, c), (n, oh, ow, op), (kh, kw), stride, dilation, dtype, self.isa)
+        geometry = ((n, hp, wp, c), (n, oh, ow, op), (kh, kw), stride, dilation, dtype, tiling)
         if op == o and wgrad.tile_in_registers(geometry[1]):  # the kernel writes ONNX's layout itself
             return relax.call_tir(self._kernel(wgrad.weight_grad, *geometry, True, role="conv_wgrad"), [xp, dyn],
                                   relax.TensorType((o, c, kh, kw), dtype))
-        dw = self._call((kh, kw, c, op), dtype, wgrad.weight_grad, [xp, dyn], *geometry, role="conv_wgrad")
-        return relax.call_tir(self._kernel(layout.filter_from_hwio, (kh, kw, c, op), dtype, o), [dw],
+        grad_shape = tiling.grad_shape((kh, kw), c)
+        dw = self._call(grad_shape, dtype, wgrad.weight_grad, [xp, dyn], *geometry, role="conv_wgrad")
+        return relax.call_tir(self._kernel(layout.filter_from_tiles, grad_shape, dtype, o, tiling.by_input_channel), [dw],
                               relax.TensorType((o, c, kh, kw), dtype))
 
 
