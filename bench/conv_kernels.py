@@ -24,7 +24,7 @@ def parse():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--ratio", type=float, default=0.1)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=3, help="calls per round and library, the first untimed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tvm-default", action="store_true", help="also time TVM's own CONV lowering")
