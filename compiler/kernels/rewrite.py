@@ -125,10 +125,6 @@ class _Rewriter(relax.PyExprMutator):
         gvar = self._kernel(make, *args, role=role)
         return self.builder_.emit(relax.call_tir(gvar, inputs, relax.TensorType(out_shape, dtype)))
 
-    def _padded(self, channels, dtype):
-        lanes = self.isa.lanes(dtype)
-        return -(-channels // lanes) * lanes
-
     def _input_window(self, x, out_hw, kernel_hw, stride, dilation, padding):
         """X channels-last and padded to exactly the rows and columns the CONV's windows reach: (tensor, (Hp, Wp),
         the stride left to the CONV).  A strided 1x1 CONV reads every stride-th pixel only: those alone are
@@ -151,7 +147,7 @@ class _Rewriter(relax.PyExprMutator):
         oh, ow = _shape(call)[2:]
         stride, dilation = _ints(call.attrs.strides), _ints(call.attrs.dilation)
         xp, (hp, wp), stride = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
-        op = self._padded(o, dtype)
+        op = self.isa.padded(o, dtype)
         block = direct.weight_tile(self.isa, dtype, op, ow)
         wt = self._call((op // block, kh, kw, c, block), dtype, layout.filter_to_hwio, [w], _shape(w), dtype, op, block)
         return self._direct_conv_nchw([xp, wt], (n, hp, wp, c), (kh, kw, c, op), stride, dilation, (oh, ow), o, dtype,
@@ -181,7 +177,7 @@ class _Rewriter(relax.PyExprMutator):
         hp, wp = h + (kh - 1) * dilation[0], wd + (kw - 1) * dilation[1]
         if stride[0] != stride[1]:
             return call  # the zero-dilation below spaces both axes alike
-        cp = self._padded(c, dtype)
+        cp = self.isa.padded(c, dtype)
         if stride[0] > 1 and dilation == (1, 1):
             return self._data_grad_by_phase(dy, w, (h, wd), (top, left), stride[0], cp)
         dyp = self._call((n, hp, wp, o), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, (hp, wp), before,
@@ -220,7 +216,7 @@ class _Rewriter(relax.PyExprMutator):
         a, b = call.args
         dtype = str(a.ty.dtype)
         (m, _), (k, n) = _shape(a), _shape(b)
-        npad = self._padded(n, dtype)
+        npad = self.isa.padded(n, dtype)
         block = matmul.column_tile(self.isa, dtype, npad, m)
         packed = self._call((npad // block, k, block), dtype, layout.pack_columns, [b], (k, n), dtype, npad, block)
         product = relax.call_tir(self._kernel(matmul.matmul, (m, k), (k, npad), dtype, self.isa), [a, packed],

@@ -28,6 +28,11 @@ class VectorISA:
         """Elements of ``dtype`` (float32, float64) in one vector register."""
         return self.vector_bits // int(str(dtype).removeprefix("float"))
 
+    def padded(self, channels, dtype):
+        """``channels`` rounded up to whole vectors of ``dtype``: what a channel axis in the lanes is padded to."""
+        lanes = self.lanes(dtype)
+        return -(-channels // lanes) * lanes
+
     @property
     def accumulators(self):
         """Vector accumulators a tile may keep: all registers but the weight vectors and a broadcast."""

@@ -58,7 +58,7 @@ def plan(isa, dtype, out_channels, in_channels):
     """The tiling with the fewer padded output channels: output channels in the lanes (padded to a multiple of
     them), or, where the input channels fill whole vectors, broadcast in groups of at most the accumulators."""
     lanes = isa.lanes(dtype)
-    padded = -(-out_channels // lanes) * lanes
+    padded = isa.padded(out_channels, dtype)
     by_output = Plan(conv_tile(isa, dtype, padded, in_channels), False, padded)
     if in_channels % lanes:
         return by_output
