@@ -19,7 +19,7 @@ CLASSES = [
     (r"fedskel_conv_forward", "CONV forward (+ dgrad of equal shape)"),  # add_func shares equal kernels
     (r"fedskel_conv_dgrad", "CONV dgrad"),
     (r"fedskel_conv_wgrad", "CONV wgrad"),
-    (r"fedskel_(to_|filter)", "CONV layout"),
+    (r"fedskel_(to_|filter|winograd_filter)", "CONV layout"),
     (r"conv2d_transpose", "CONV dgrad (TVM)"),
     (r"conv2d", "CONV (TVM)"),
     (r"take|scatter|zeros", "skeleton take/scatter"),

@@ -35,6 +35,10 @@ CASES = [
     (2, 32, 29, 9, 3, 1, 1, 1),
     (2, 16, 29, 4, 3, 1, 1, 1),  # ... a 4x4 map (taps outside) whose padded k cannot be written as OIHW
     (2, 32, 13, 16, 3, 2, 1, 1),  # ... stride 2, k = 13 in one tile
+    # Winograd F(2x2, 3x3): 3x3 stride 1, even output, input channels in whole vectors (forward and dgrad)
+    (2, 16, 32, 12, 3, 1, 1, 1),  # a task takes two rows of tiles
+    (1, 32, 16, 6, 3, 1, 0, 1),  # no padding: the dgrad's dY padded by 2
+    (1, 32, 20, 8, 3, 1, 1, 1),  # output channels padded to the vectors: NHWC result, then NCHW
 ]
 
 
@@ -80,6 +84,35 @@ def test_grouped_convs_keep_tvms_lowering():
     w = relax.Var("w", relax.TensorType((4, 2, 3, 3), "float32"))
     call = relax.op.nn.conv2d(x, w, groups=2)
     assert conv_kind(call) is None
+
+
+def _kernels_called(mod, function):
+    """Names of the PrimFuncs ``function`` of ``mod`` calls."""
+    names = []
+    relax.analysis.post_order_visit(
+        mod[function], lambda e: names.append(e.args[0].name_hint) if isinstance(e, relax.Call) and isinstance(
+            e.op, tvm.ir.Op) and e.op.name == "relax.call_tir" else None)
+    return names
+
+
+@pytest.mark.parametrize(
+    "case,forward,dgrad",
+    [
+        ((2, 64, 64, 8, 3, 1, 1, 1), True, True),
+        ((2, 3, 64, 8, 3, 1, 1, 1), False, True),  # the stem: 3 input channels stay direct
+        ((2, 64, 7, 8, 3, 1, 1, 1), True, False),  # a skeleton's k = 7 channels of dY: direct dgrad
+        ((2, 64, 64, 7, 3, 1, 1, 1), False, False),  # odd output
+        ((2, 64, 64, 8, 3, 2, 1, 1), False, False),  # stride 2
+        ((2, 64, 64, 8, 3, 1, 2, 2), False, False),  # dilated
+        ((2, 64, 64, 8, 5, 1, 2, 1), False, False),  # 5x5
+    ],
+)
+def test_winograd_runs_the_stride_one_3x3_convs(case, forward, dgrad):
+    mod, _ = single_conv_module(*case, "float32")
+    rewritten = UseConvKernels({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})(mod)
+    for function, expected in [("forward", forward), ("dgrad", dgrad), ("wgrad", False)]:
+        names = _kernels_called(rewritten, function)
+        assert any("winograd" in name for name in names) == expected, (function, names)
 
 
 @pytest.mark.parametrize(

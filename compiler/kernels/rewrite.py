@@ -1,8 +1,9 @@
 """The pass that gives every CONV (and dense matmul) of a training module its hand-scheduled kernel.
 
 It rewrites the three forms a CONV takes in the training graph (conv_gradient.py makes the last two):
-- forward ``conv2d`` NCHW/OIHW             -> direct NHWC CONV
+- forward ``conv2d`` NCHW/OIHW             -> direct NHWC CONV (Winograd F(2x2, 3x3) for 3x3 stride 1)
 - dgrad ``conv2d_transpose`` NCHW/IOHW     -> direct NHWC CONV over (zero-dilated) padded dY, weights rotated
+                                              (Winograd for 3x3 stride 1)
 - wgrad ``conv2d`` CNHW/IOHW (+ the slice of its extra taps) -> NHWC weight gradient of exactly R x S taps
 skeleton forms included (they are the same ops on k channels); and every 2-D ``matmul`` (FC forward, dX, dW)
 -> matmul.py.  Each becomes layout kernels + the CONV
@@ -14,7 +15,7 @@ lowering.  Identical kernels are added once; identical layout conversions of one
 import tvm
 from tvm import relax
 
-from . import direct, layout, matmul, phases, wgrad
+from . import direct, layout, matmul, phases, wgrad, winograd
 from .tiles import target_isa
 
 FORWARD, DGRAD, WGRAD, MATMUL = "forward", "dgrad", "wgrad", "matmul"
@@ -148,21 +149,36 @@ class _Rewriter(relax.PyExprMutator):
         stride, dilation = _ints(call.attrs.strides), _ints(call.attrs.dilation)
         xp, (hp, wp), stride = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
         op = self.isa.padded(o, dtype)
+        if self._winograd((kh, kw), stride, dilation, (oh, ow), c, dtype):
+            return self._winograd_nchw(xp, w, (n, hp, wp, c), (oh, ow), o, op, dtype, False, "conv_forward")
         block = direct.weight_tile(self.isa, dtype, op, ow)
         wt = self._call((op // block, kh, kw, c, block), dtype, layout.filter_to_hwio, [w], _shape(w), dtype, op, block)
-        return self._direct_conv_nchw([xp, wt], (n, hp, wp, c), (kh, kw, c, op), stride, dilation, (oh, ow), o, dtype,
-                                      "conv_forward")
+        return self._conv_nchw(direct.direct_conv, ((n, hp, wp, c), (kh, kw, c, op), stride, dilation, (oh, ow), dtype,
+                                                    self.isa), [xp, wt], o, op, "conv_forward")
 
-    def _direct_conv_nchw(self, inputs, inp_shape, weight_shape, stride, dilation, out_hw, channels, dtype, role):
-        """direct.direct_conv with an NCHW result: written so by the kernel itself (one pass over memory fewer),
-        unless vector padding left channels to drop, which a layout kernel does."""
-        n, padded = inp_shape[0], weight_shape[3]
+    def _winograd(self, kernel_hw, stride, dilation, out_hw, in_channels, dtype):
+        """Whether a CONV runs as Winograd: its geometry allows it and its input channels fill whole vectors (the
+        input transform is vectorised over them; on resnet18's 3-channel stem it was 3x slower than direct)."""
+        return winograd.applies(kernel_hw, stride, dilation, out_hw) and in_channels % self.isa.lanes(dtype) == 0
+
+    def _winograd_nchw(self, inp, w, inp_shape, out_hw, channels, padded, dtype, flipped, role):
+        """winograd.winograd_conv of ``inp`` (padded NHWC) by the weights ``w`` (OIHW, rotated and transposed when
+        ``flipped``: the dgrad), transformed for it each step."""
+        block = winograd.channel_tile(self.isa, dtype, padded, out_hw)
+        u = self._call((padded // block, 4, 4, inp_shape[3], block), dtype, winograd.winograd_filter, [w], _shape(w),
+                       dtype, padded, block, flipped)
+        return self._conv_nchw(winograd.winograd_conv, (inp_shape, padded, out_hw, dtype, self.isa), [inp, u], channels,
+                               padded, role)
+
+    def _conv_nchw(self, make, args, inputs, channels, padded, role):
+        """``make(*args, channels_first)``'s CONV with an NCHW result: written so by the kernel itself (one pass over
+        memory fewer), unless vector padding left channels to drop, which a layout kernel does.  ``args`` start
+        with the input's shape [N, ...] and hold the output's (OH, OW) third from the end."""
+        n, out_hw, dtype = args[0][0], args[-3], args[-2]
         if padded == channels:
-            return relax.call_tir(self._kernel(direct.direct_conv, inp_shape, weight_shape, stride, dilation, out_hw, dtype,
-                                               self.isa, True, role=role), inputs,
+            return relax.call_tir(self._kernel(make, *args, True, role=role), inputs,
                                   relax.TensorType((n, channels, *out_hw), dtype))
-        y = self._call((n, *out_hw, padded), dtype, direct.direct_conv, inputs, inp_shape, weight_shape, stride, dilation,
-                       out_hw, dtype, self.isa, role=role)
+        y = self._call((n, *out_hw, padded), dtype, make, inputs, *args, role=role)
         return relax.call_tir(self._kernel(layout.to_channels_first, (n, *out_hw, padded), dtype, channels), [y],
                               relax.TensorType((n, channels, *out_hw), dtype))
 
@@ -182,11 +198,13 @@ class _Rewriter(relax.PyExprMutator):
             return self._data_grad_by_phase(dy, w, (h, wd), (top, left), stride[0], cp)
         dyp = self._call((n, hp, wp, o), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, (hp, wp), before,
                          stride[0])
+        if stride[0] == 1 and self._winograd((kh, kw), stride, dilation, (h, wd), o, dtype):
+            return self._winograd_nchw(dyp, w, (n, hp, wp, o), (h, wd), c, cp, dtype, True, "conv_dgrad")
         block = direct.weight_tile(self.isa, dtype, cp, wd)
         wf = self._call((cp // block, kh, kw, o, block), dtype, layout.filter_to_flipped_hwoi, [w], _shape(w), dtype, cp,
                         block)
-        return self._direct_conv_nchw([dyp, wf], (n, hp, wp, o), (kh, kw, o, cp), (1, 1), dilation, (h, wd), c, dtype,
-                                      "conv_dgrad")
+        return self._conv_nchw(direct.direct_conv, ((n, hp, wp, o), (kh, kw, o, cp), (1, 1), dilation, (h, wd), dtype,
+                                                    self.isa), [dyp, wf], c, cp, "conv_dgrad")
 
     def _data_grad_by_phase(self, dy, w, out_hw, pads, stride, cp):
         """A stride-S dgrad as S x S stride-1 CONVs, one per output phase (phases.py), interleaved into dX."""
