@@ -7,6 +7,8 @@ from tvm import relax, tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 
+from ..targets.legalize import legalize_ops
+
 SKELETON_FUNCTIONS = ("gradients_skel", "train_step_skel")
 USES = ("skeleton", "shared", "full")  # kernels of the skeleton step only / of both steps / of the rest
 SMALL_FLOP_SHARE = 0.01  # kernels under 1% of the largest one's FLOPs run in microseconds: tuned last
@@ -47,7 +49,7 @@ def lower_for_tuning(module, target):
     tuning or every candidate fails to build (trap 1).
     """
     passes = relax.pipeline.library_dispatch_passes(target) + [
-        relax.transform.LegalizeOps(),
+        legalize_ops(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

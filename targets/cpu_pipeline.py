@@ -22,6 +22,8 @@ from tvm.s_tir.dlight.base import try_inline
 
 from fedskel.compiler.kernels.schedule import parallel_outer
 
+from .legalize import with_our_legalization
+
 # below this many loop iterations a kernel runs serially: a parallel launch costs a few microseconds
 MIN_PARALLEL_WORK = 16384
 # widths tried for a block's innermost loop, widest first (LLVM splits a vector wider than the ISA's)
@@ -117,9 +119,10 @@ def _lanes(sch, loop):
 
 
 def cpu_pipeline(target):
-    """relax.backend.cpu_generic's default pipeline with ParallelSpatial after operator fusion."""
+    """relax.backend.cpu_generic's default pipeline with our legalizations (legalize.py) and ParallelSpatial after
+    operator fusion."""
     cpu = relax.backend.cpu_generic.pipeline
-    passes = (cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+    passes = (cpu.library_dispatch_passes(target) + with_our_legalization(cpu.legalize_passes(target))
               + [dlight.ApplyDefaultSchedule(ParallelSpatial())]
               + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
     return tvm.transform.Sequential(passes)  # tvm.compile runs it under `with target`

@@ -11,6 +11,8 @@ import tvm
 from tvm import relax, s_tir
 from tvm.s_tir import dlight
 
+from .legalize import with_our_legalization
+
 
 class _DeclineWhatCannotLower(dlight.ScheduleRule):
     def __init__(self, rule):
@@ -33,7 +35,7 @@ def cuda_pipeline(target):
         dlight.ApplyDefaultSchedule(*map(_DeclineWhatCannotLower, step.rules))
         if isinstance(step, dlight.ApplyDefaultSchedule)
         else step
-        for step in cuda.legalize_passes(target)
+        for step in with_our_legalization(cuda.legalize_passes(target))
     ]
     passes = cuda.library_dispatch_passes(target) + legalize + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
     return tvm.transform.Sequential(passes)  # tvm.compile runs it under `with target`
