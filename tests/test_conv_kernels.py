@@ -102,6 +102,7 @@ def _kernels_called(mod, function):
         ((2, 3, 64, 8, 3, 1, 1, 1), False, True),  # the stem: 3 input channels stay direct
         ((2, 64, 7, 8, 3, 1, 1, 1), True, False),  # a skeleton's k = 7 channels of dY: direct dgrad
         ((2, 64, 64, 7, 3, 1, 1, 1), False, False),  # odd output
+        ((2, 64, 64, 2, 3, 1, 1, 1), False, False),  # a 2x2 map: one tile
         ((2, 64, 64, 8, 3, 2, 1, 1), False, False),  # stride 2
         ((2, 64, 64, 8, 3, 1, 2, 2), False, False),  # dilated
         ((2, 64, 64, 8, 5, 1, 2, 1), False, False),  # 5x5

@@ -34,8 +34,10 @@ def _filter_row(g, i, dtype):
 
 
 def applies(kernel_hw, stride, dilation, out_hw):
-    """Whether a CONV of this geometry runs as Winograd F(2x2, 3x3): 3x3, stride 1, no dilation, even output."""
-    return kernel_hw == (3, 3) and stride == (1, 1) and dilation == (1, 1) and all(s % 2 == 0 for s in out_hw)
+    """Whether a CONV of this geometry runs as Winograd F(2x2, 3x3): 3x3, stride 1, no dilation, an even output of
+    at least 2 x 2 tiles (a 2x2 map, one tile, would leave the register tile a single broadcast)."""
+    return (kernel_hw == (3, 3) and stride == (1, 1) and dilation == (1, 1)
+            and all(s % 2 == 0 and s >= 4 for s in out_hw))
 
 
 def winograd_filter(weight_shape, dtype, out_channels, block, flipped):
