@@ -8,6 +8,7 @@ The hook's own cost is a few microseconds a call; the step's wall time without i
 """
 
 import argparse
+import os
 import re
 import statistics
 import time
@@ -78,7 +79,9 @@ def main():
     parser.add_argument("artifact")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="bench/results/profile.json")
+    parser.add_argument("--threads", type=int, default=2, help="TVM's threads (its default is half the CPUs: 1 on 2 cores)")
     args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
     from common import CompiledModel, write_json
 
     model = CompiledModel(args.artifact)
@@ -100,7 +103,7 @@ def main():
         steps[function] = {"wall_ms": plain * 1e3, "hooked_wall_ms": hooked * 1e3, "classes": dict(classes),
                            "top_kernels": [{"kernel": k, "ms": s * 1e3, "calls": c} for k, (s, c) in top]}
     write_json(args.out, {"benchmark": "profile_step", "artifact": model.manifest["model"],
-                          "batch": model.manifest["batch_size"], "conv_kernels": model.manifest.get("conv_kernels"),
+                          "batch": model.manifest["batch_size"], "threads": args.threads, "conv_kernels": model.manifest.get("conv_kernels"),
                           "method": f"median of {args.rounds} rounds of per-kernel time (VM instrument hook)", **steps})
     plot(steps, args.out.removesuffix(".json") + ".png")
 
