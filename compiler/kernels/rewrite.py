@@ -154,7 +154,7 @@ class _Rewriter(relax.PyExprMutator):
         block = direct.weight_tile(self.isa, dtype, op, ow)
         wt = self._call((op // block, kh, kw, c, block), dtype, layout.filter_to_hwio, [w], _shape(w), dtype, op, block)
         return self._conv_nchw(direct.direct_conv, ((n, hp, wp, c), (kh, kw, c, op), stride, dilation, (oh, ow), dtype,
-                                                    self.isa), [xp, wt], o, op, "conv_forward")
+                                                    self.isa), [xp, wt], (n, o, oh, ow), op, dtype, "conv_forward")
 
     def _winograd(self, kernel_hw, stride, dilation, out_hw, in_channels, dtype):
         """Whether a CONV runs as Winograd: its geometry allows it and its input channels fill whole vectors (the
@@ -167,20 +167,19 @@ class _Rewriter(relax.PyExprMutator):
         block = winograd.channel_tile(self.isa, dtype, padded, out_hw)
         u = self._call((padded // block, 4, 4, inp_shape[3], block), dtype, winograd.winograd_filter, [w], _shape(w),
                        dtype, padded, block, flipped)
-        return self._conv_nchw(winograd.winograd_conv, (inp_shape, padded, out_hw, dtype, self.isa), [inp, u], channels,
-                               padded, role)
+        return self._conv_nchw(winograd.winograd_conv, (inp_shape, padded, out_hw, dtype, self.isa), [inp, u],
+                               (inp_shape[0], channels, *out_hw), padded, dtype, role)
 
-    def _conv_nchw(self, make, args, inputs, channels, padded, role):
-        """``make(*args, channels_first)``'s CONV with an NCHW result: written so by the kernel itself (one pass over
-        memory fewer), unless vector padding left channels to drop, which a layout kernel does.  ``args`` start
-        with the input's shape [N, ...] and hold the output's (OH, OW) third from the end."""
-        n, out_hw, dtype = args[0][0], args[-3], args[-2]
+    def _conv_nchw(self, make, args, inputs, out_shape, padded, dtype, role):
+        """``make(*args, channels_first)``'s CONV with its NCHW result ``out_shape``: written so by the kernel itself
+        (one pass over memory fewer), unless vector padding to ``padded`` channels left some to drop, which a
+        layout kernel does."""
+        n, channels, *out_hw = out_shape
         if padded == channels:
-            return relax.call_tir(self._kernel(make, *args, True, role=role), inputs,
-                                  relax.TensorType((n, channels, *out_hw), dtype))
+            return relax.call_tir(self._kernel(make, *args, True, role=role), inputs, relax.TensorType(out_shape, dtype))
         y = self._call((n, *out_hw, padded), dtype, make, inputs, *args, role=role)
         return relax.call_tir(self._kernel(layout.to_channels_first, (n, *out_hw, padded), dtype, channels), [y],
-                              relax.TensorType((n, channels, *out_hw), dtype))
+                              relax.TensorType(out_shape, dtype))
 
     def _data_grad(self, call):
         dy, w = call.args
@@ -198,13 +197,13 @@ class _Rewriter(relax.PyExprMutator):
             return self._data_grad_by_phase(dy, w, (h, wd), (top, left), stride[0], cp)
         dyp = self._call((n, hp, wp, o), dtype, layout.to_channels_last, [dy], _shape(dy), dtype, (hp, wp), before,
                          stride[0])
-        if stride[0] == 1 and self._winograd((kh, kw), stride, dilation, (h, wd), o, dtype):
+        if self._winograd((kh, kw), stride, dilation, (h, wd), o, dtype):
             return self._winograd_nchw(dyp, w, (n, hp, wp, o), (h, wd), c, cp, dtype, True, "conv_dgrad")
         block = direct.weight_tile(self.isa, dtype, cp, wd)
         wf = self._call((cp // block, kh, kw, o, block), dtype, layout.filter_to_flipped_hwoi, [w], _shape(w), dtype, cp,
                         block)
         return self._conv_nchw(direct.direct_conv, ((n, hp, wp, o), (kh, kw, o, cp), (1, 1), dilation, (h, wd), dtype,
-                                                    self.isa), [dyp, wf], c, cp, "conv_dgrad")
+                                                    self.isa), [dyp, wf], (n, c, h, wd), cp, dtype, "conv_dgrad")
 
     def _data_grad_by_phase(self, dy, w, out_hw, pads, stride, cp):
         """A stride-S dgrad as S x S stride-1 CONVs, one per output phase (phases.py), interleaved into dX."""

@@ -12,6 +12,7 @@ the largest output).
 
 from tvm import s_tir, te, tirx
 
+from .layout import clamp
 from .schedule import accumulate_in_registers, parallel_outer, scheduled, split_channels
 from .tiles import conv_tile, largest_divisor
 
@@ -53,8 +54,7 @@ def winograd_filter(weight_shape, dtype, out_channels, block, flipped):
 
     def value(ob, xi, nu, c, t):
         o = ob * block + t
-        safe = tirx.min(o, o_ - 1)
-        rows = [_filter_row([tap(safe, c, r, s) for r in range(3)], xi, dtype) for s in range(3)]
+        rows = [_filter_row([tap(clamp(o, o_), c, r, s) for r in range(3)], xi, dtype) for s in range(3)]
         return tirx.if_then_else(o < o_, _filter_row(rows, nu, dtype), tirx.const(0, dtype))
 
     out = te.compute((out_channels // block, 4, 4, c_, block), value, name="winograd_filter")
@@ -70,8 +70,14 @@ def winograd_filter(weight_shape, dtype, out_channels, block, flipped):
 
 def channel_tile(isa, dtype, out_channels, out_hw):
     """T: the output channels of winograd_conv's register tile, by which winograd_filter packs U."""
+    return _register_tile(isa, dtype, out_channels, out_hw)[0].channels
+
+
+def _register_tile(isa, dtype, out_channels, out_hw):
+    """(the GEMMs' register tile, the rows of tiles one task takes) for an ``out_hw`` output."""
     tiles_per_row = out_hw[1] // 2
-    return conv_tile(isa, dtype, out_channels, tile_rows(out_hw[0] // 2, tiles_per_row, isa) * tiles_per_row).channels
+    rows = tile_rows(out_hw[0] // 2, tiles_per_row, isa)
+    return conv_tile(isa, dtype, out_channels, rows * tiles_per_row), rows
 
 
 def winograd_conv(inp_shape, weight_channels, out_hw, dtype, isa, channels_first=False):
@@ -81,8 +87,7 @@ def winograd_conv(inp_shape, weight_channels, out_hw, dtype, isa, channels_first
     o_ = weight_channels
     oh_, ow_ = out_hw
     th_, tw_ = oh_ // 2, ow_ // 2
-    rows = tile_rows(th_, tw_, isa)
-    tile = conv_tile(isa, dtype, o_, rows * tw_)
+    tile, rows = _register_tile(isa, dtype, o_, out_hw)
     block = tile.channels
     inp = te.placeholder(inp_shape, dtype, name="inp")
     u = te.placeholder((o_ // block, 4, 4, c_, block), dtype, name="u")
@@ -133,10 +138,10 @@ def _schedule(func, tile, rows, channels_first):
     sch.unroll(o_vectors)
     sch.vectorize(o_lanes)
     if channels_first:  # the task's output rows go to a channels-last buffer first, then out by rows of pixels
-        rows = sch.cache_write(conv, 0, "global")
+        staged = sch.cache_write(conv, 0, "global")
         sch.transform_layout(conv, ("write", 0), lambda n, o, h, w: (n, h, w, o))
-        sch.reverse_compute_at(rows, task)
-        sch.vectorize(sch.get_loops(rows)[-1])
+        sch.reverse_compute_at(staged, task)
+        sch.vectorize(sch.get_loops(staged)[-1])
 
     m = sch.get_sblock("m")
     sch.compute_at(m, task)
