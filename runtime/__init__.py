@@ -8,7 +8,10 @@ from .artifact import LIBRARY, PARAMS, ArtifactError, UnsignedArtifactWarning, r
 from .library import open_library, virtual_machine
 from .params_file import read_params
 from .skeleton import SkeletonError, top_k_skeleton, validate_skeleton
+from .threads import default_threads
 from .trainer import InputError, Trainer
+
+default_threads()  # before any kernel starts TVM's thread pool (runtime/threads.py)
 
 __all__ = ["load", "Trainer", "ArtifactError", "UnsignedArtifactWarning", "SkeletonError", "InputError", "top_k_skeleton",
            "validate_skeleton"]

@@ -39,6 +39,10 @@ CASES = [
     (2, 16, 32, 12, 3, 1, 1, 1),  # a task takes two rows of tiles
     (1, 32, 16, 6, 3, 1, 0, 1),  # no padding: the dgrad's dY padded by 2
     (1, 32, 20, 8, 3, 1, 1, 1),  # output channels padded to the vectors: NHWC result, then NCHW
+    # Winograd F(3x3, 2x2) wgrad (output channels in whole vectors too): (2, 32, 48, 4) above has one vector a tile
+    (4, 128, 64, 8, 3, 1, 1, 1),  # two input-channel blocks, the batch in 4 parts
+    (2, 256, 128, 4, 3, 1, 1, 1),  # eight channel blocks, one part: a block of tiles spans 2 images
+    (3, 16, 32, 6, 3, 1, 1, 1),  # 3 tiles a row, 3 parts of one image
 ]
 
 
@@ -96,24 +100,26 @@ def _kernels_called(mod, function):
 
 
 @pytest.mark.parametrize(
-    "case,forward,dgrad",
+    "case,forward,dgrad,wgrad",
     [
-        ((2, 64, 64, 8, 3, 1, 1, 1), True, True),
-        ((2, 3, 64, 8, 3, 1, 1, 1), False, True),  # the stem: 3 input channels stay direct
-        ((2, 64, 7, 8, 3, 1, 1, 1), True, False),  # a skeleton's k = 7 channels of dY: direct dgrad
-        ((2, 64, 64, 7, 3, 1, 1, 1), False, False),  # odd output
-        ((2, 64, 64, 2, 3, 1, 1, 1), False, False),  # a 2x2 map: one tile
-        ((2, 64, 64, 8, 3, 2, 1, 1), False, False),  # stride 2
-        ((2, 64, 64, 8, 3, 1, 2, 2), False, False),  # dilated
-        ((2, 64, 64, 8, 5, 1, 2, 1), False, False),  # 5x5
+        ((2, 64, 64, 8, 3, 1, 1, 1), True, True, True),
+        ((2, 3, 64, 8, 3, 1, 1, 1), False, True, False),  # the stem: 3 input channels stay direct
+        ((2, 64, 7, 8, 3, 1, 1, 1), True, False, False),  # a skeleton's k = 7 channels of dY: direct dgrad, wgrad
+        ((2, 64, 64, 7, 3, 1, 1, 1), False, False, False),  # odd output
+        ((2, 64, 64, 2, 3, 1, 1, 1), False, False, False),  # a 2x2 map: one tile
+        ((2, 64, 64, 8, 3, 2, 1, 1), False, False, False),  # stride 2
+        ((2, 64, 64, 8, 3, 1, 2, 2), False, False, False),  # dilated
+        ((2, 64, 64, 8, 5, 1, 2, 1), False, False, False),  # 5x5
     ],
 )
-def test_winograd_runs_the_stride_one_3x3_convs(case, forward, dgrad):
+def test_winograd_runs_the_stride_one_3x3_convs(case, forward, dgrad, wgrad):
     mod, _ = single_conv_module(*case, "float32")
     rewritten = UseConvKernels({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})(mod)
-    for function, expected in [("forward", forward), ("dgrad", dgrad), ("wgrad", False)]:
+    for function, expected in [("forward", forward), ("dgrad", dgrad), ("wgrad", wgrad)]:
         names = _kernels_called(rewritten, function)
-        assert any("winograd" in name for name in names) == expected, (function, names)
+        # the Winograd kernels, and they alone, transform their input in a block "v" (B^T d B)
+        transforms = [name for name in names if 'T.sblock("v")' in rewritten[name].script()]
+        assert bool(transforms) == expected, (function, names)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ It rewrites the three forms a CONV takes in the training graph (conv_gradient.py
 - dgrad ``conv2d_transpose`` NCHW/IOHW     -> direct NHWC CONV over (zero-dilated) padded dY, weights rotated
                                               (Winograd for 3x3 stride 1)
 - wgrad ``conv2d`` CNHW/IOHW (+ the slice of its extra taps) -> NHWC weight gradient of exactly R x S taps
+                                              (Winograd F(3x3, 2x2) for 3x3 stride 1 on whole vectors)
 skeleton forms included (they are the same ops on k channels); and every 2-D ``matmul`` (FC forward, dX, dW)
 -> matmul.py.  Each becomes layout kernels + the CONV
 kernel, so the public NCHW/OIHW tensors are unchanged.  Grouped CONVs and other out_dtypes keep TVM's
@@ -15,7 +16,7 @@ lowering.  Identical kernels are added once; identical layout conversions of one
 import tvm
 from tvm import relax
 
-from . import direct, layout, matmul, phases, wgrad, winograd
+from . import direct, layout, matmul, phases, wgrad, winograd, winograd_wgrad
 from .tiles import target_isa
 
 FORWARD, DGRAD, WGRAD, MATMUL = "forward", "dgrad", "wgrad", "matmul"
@@ -250,6 +251,8 @@ class _Rewriter(relax.PyExprMutator):
         kh, kw = kernel_hw
         dilation, stride = _ints(call.attrs.strides), _ints(call.attrs.dilation)  # swapped in the wgrad form
         xp, (hp, wp), stride = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
+        if o % self.isa.lanes(dtype) == 0 and self._winograd((kh, kw), stride, dilation, (oh, ow), c, dtype):
+            return self._winograd_weight_grad(xp, dy, (n, hp, wp, c), (n, oh, ow, o), dtype)
         tiling = wgrad.plan(self.isa, dtype, o, c)
         op, block = tiling.out_channels, tiling.dy_block
         dyn = self._call((op // block, n, oh, ow, block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype, op, block)
@@ -261,6 +264,20 @@ class _Rewriter(relax.PyExprMutator):
         dw = self._call(grad_shape, dtype, wgrad.weight_grad, [xp, dyn], *geometry, role="conv_wgrad")
         return relax.call_tir(self._kernel(layout.filter_from_tiles, grad_shape, dtype, o, tiling.by_input_channel), [dw],
                               relax.TensorType((o, c, kh, kw), dtype))
+
+    def _winograd_weight_grad(self, xp, dy, inp_shape, dy_shape, dtype):
+        """winograd_wgrad.weight_grad of X (padded NHWC ``xp``) and dY (NCHW), whose channels fill whole vectors:
+        [3, 3, C, O], then OIHW."""
+        c, o = inp_shape[3], dy_shape[3]
+        tiling = winograd_wgrad.plan(self.isa, dtype, dy_shape, c)
+        block = tiling.dy_block
+        dyn = self._call((o // block, *dy_shape[:3], block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype, o,
+                         block)
+        grad_shape = (3, 3, c, o)
+        dw = self._call(grad_shape, dtype, winograd_wgrad.weight_grad, [xp, dyn], inp_shape, dy_shape, dtype, tiling,
+                        role="conv_wgrad")
+        return relax.call_tir(self._kernel(layout.filter_from_tiles, grad_shape, dtype, o, False), [dw],
+                              relax.TensorType((o, c, 3, 3), dtype))
 
 
 def _sliced_wgrads(func):

@@ -34,6 +34,16 @@ def _filter_row(g, i, dtype):
                                                  tirx.Select(i == 2, (g[0] - g[1] + g[2]) * half, g[2])))
 
 
+def input_transform(inp):
+    """(n, th, tw, xi, nu, c) -> V = B^T d B of the 4x4 window of the padded NHWC ``inp`` under tile (th, tw)."""
+
+    def value(n, th, tw, xi, nu, c):
+        cols = [_input_row([inp[n, 2 * th + a, 2 * tw + b, c] for a in range(4)], xi) for b in range(4)]
+        return _input_row(cols, nu)
+
+    return value
+
+
 def applies(kernel_hw, stride, dilation, out_hw):
     """Whether a CONV of this geometry runs as Winograd F(2x2, 3x3): 3x3, stride 1, no dilation, an even output of
     at least 2 x 2 tiles (a 2x2 map, one tile, would leave the register tile a single broadcast)."""
@@ -92,11 +102,7 @@ def winograd_conv(inp_shape, weight_channels, out_hw, dtype, isa, channels_first
     inp = te.placeholder(inp_shape, dtype, name="inp")
     u = te.placeholder((o_ // block, 4, 4, c_, block), dtype, name="u")
 
-    def transformed(n, th, tw, xi, nu, c):
-        cols = [_input_row([inp[n, 2 * th + a, 2 * tw + b, c] for a in range(4)], xi) for b in range(4)]
-        return _input_row(cols, nu)
-
-    v = te.compute((n_, th_, tw_, 4, 4, c_), transformed, name="v")
+    v = te.compute((n_, th_, tw_, 4, 4, c_), input_transform(inp), name="v")
     c = te.reduce_axis((0, c_), "c")
     m = te.compute((n_, th_, tw_, 4, 4, o_),
                    lambda n, th, tw, xi, nu, o: te.sum(v[n, th, tw, xi, nu, c] * u[o // block, xi, nu, c, o % block], axis=c),
