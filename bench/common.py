@@ -96,11 +96,24 @@ def compile_cached(model, path, **options):
     return path
 
 
+def cpu_model():
+    """The CPU's name from /proc/cpuinfo (these VMs move between Intel and AMD hosts, which time differently)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def write_json(path, payload):
     import torch
 
     payload = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
                     "tvm": tvm.__version__, "torch": torch.__version__},
         **payload,
     }
