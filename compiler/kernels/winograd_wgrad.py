@@ -16,8 +16,8 @@ the block's tiles and added to the task's 16 x 64 x 64 sums.  The task's channel
 transform is redone (once per other-side range: 4/To + 2/Tc of the GEMM's work); the batch is split into
 parts where the channels alone give too few tasks, and the parts' sums are added by the output transform.
 With one part, each task applies the output transform to its own sums while they are in cache (512 channels:
-the sums are 16 MB).  Measured on resnet18 at batch 32 (bench/conv_kernels.py, layout kernels included): the
-3x3 stride-1 weight gradients 0.64-0.75x oneDNN's time, where wgrad.py's took 1.15-1.29x.
+the sums are 16 MB).  Measured on resnet18 at batch 32 (bench/conv_kernels.py, layout kernels included, two runs):
+the 3x3 stride-1 weight gradients 0.36-0.75x oneDNN's time, where wgrad.py's took 1.15-1.29x.
 Sums are taken in another order than wgrad.py's, so results differ from it by rounding (float32: ~3e-7 of
 the largest gradient).
 """
