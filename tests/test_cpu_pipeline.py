@@ -53,14 +53,59 @@ def reduces(func):
     return "T.init()" in func.script()
 
 
-@pytest.mark.parametrize("width, vectorized", [(16, True), (12, True), (15, False)])
-def test_kernels_run_their_inner_loop_in_vector_lanes(host, width, vectorized):
-    kernels = scheduled_kernels(bn_like_module((8, 16, 16, width)), host)
-    assert any(reduces(func) for func in kernels)
+def vectorized(func):
+    return "T.vectorized(" in func.script()
+
+
+@pytest.mark.parametrize("shape, elementwise_lanes, reduction_lanes", [
+    ((8, 16, 16, 16), True, True),
+    ((8, 16, 16, 12), True, True),
+    ((8, 16, 16, 15), True, False),  # the elementwise lanes run over 16 x 15; the sum's innermost loop is 15
+    ((9, 15, 15, 15), False, False),  # no trailing product of 9 x 15 x 15 x 15 is even
+])
+def test_kernels_run_their_inner_loops_in_vector_lanes(host, shape, elementwise_lanes, reduction_lanes):
+    """One fused kernel: the mean's sum, then the elementwise tail.  A sum in lanes is two vector loops (the
+    per-lane partial sums' init and update), the elementwise block one."""
+    kernels = scheduled_kernels(bn_like_module(shape), host)
+    assert kernels and all(reduces(func) for func in kernels)
     assert all(parallel_loops(func) for func in kernels)
-    assert all(("T.vectorized(" in func.script()) == vectorized for func in kernels)
-    # a reduction sums per lane into a buffer of partial sums, added up per parallel task
-    assert all(("_rf" in func.script()) == vectorized for func in kernels if reduces(func))
+    for func in kernels:
+        assert func.script().count("T.vectorized(") == int(elementwise_lanes) + 2 * int(reduction_lanes)
+        # a reduction sums per lane into a buffer of partial sums, added up per parallel task
+        assert ("_rf" in func.script()) == reduction_lanes
+
+
+def test_weight_shaped_kernels_run_in_vector_lanes_and_compute_exactly(host):
+    """A [Cout, Cin, 3, 3] tensor: its last axis (3) takes no lanes, Cin x 3 x 3 does.  The skeleton's gradient
+    scatter (k rows gathered by an inverse index, the rest masked to zero) and an SGD update over it run in
+    vector lanes and equal numpy bit for bit."""
+    shape, k = (64, 32, 3, 3), 20
+    bb = relax.BlockBuilder()
+    rows = relax.Var("rows", relax.TensorType((k, *shape[1:]), "float32"))
+    index = relax.Var("index", relax.TensorType((shape[0],), "int64"))
+    mask = relax.Var("mask", relax.TensorType((shape[0], 1, 1, 1), "bool"))
+    weight = relax.Var("weight", relax.TensorType(shape, "float32"))
+    with bb.function("main", [rows, index, mask, weight]):
+        with bb.dataflow():
+            gathered = bb.emit(relax.op.take(rows, index, axis=0))
+            grad = bb.emit(relax.op.where(mask, gathered, relax.const(0.0, "float32")))
+            out = bb.emit_output(relax.op.subtract(weight, relax.op.multiply(grad, relax.const(0.5, "float32"))))
+        bb.emit_func_output(out)
+    module = bb.get()
+    kernels = scheduled_kernels(module, host)
+    assert kernels and all(vectorized(func) and parallel_loops(func) for func in kernels)
+    rng = np.random.default_rng(2)
+    skeleton = np.sort(rng.permutation(shape[0])[:k])
+    inverse = np.zeros(shape[0], np.int64)
+    inverse[skeleton] = np.arange(k)
+    selected = np.zeros((shape[0], 1, 1, 1), bool)
+    selected[skeleton] = True
+    values = [rng.standard_normal((k, *shape[1:])).astype("float32"), inverse, selected,
+              rng.standard_normal(shape).astype("float32")]
+    vm = relax.VirtualMachine(tvm.compile(module, target=host, relax_pipeline=cpu_pipeline(host)), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(v) for v in values]).numpy()
+    want = values[3] - np.where(selected, values[0][inverse], np.float32(0)) * np.float32(0.5)
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("width", [16, 15])
