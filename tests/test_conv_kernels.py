@@ -35,11 +35,15 @@ CASES = [
     (2, 32, 29, 9, 3, 1, 1, 1),
     (2, 16, 29, 4, 3, 1, 1, 1),  # ... a 4x4 map (taps outside) whose padded k cannot be written as OIHW
     (2, 32, 13, 16, 3, 2, 1, 1),  # ... stride 2, k = 13 in one tile
-    # Winograd F(2x2, 3x3): 3x3 stride 1, even output, input channels in whole vectors (forward and dgrad)
+    # Winograd F(2x2, 3x3): 3x3 stride 1, even output, at least 8 input channels (forward and dgrad)
     (2, 16, 32, 12, 3, 1, 1, 1),  # a task takes two rows of tiles
     (1, 32, 16, 6, 3, 1, 0, 1),  # no padding: the dgrad's dY padded by 2
     (1, 32, 20, 8, 3, 1, 1, 1),  # output channels padded to the vectors: NHWC result, then NCHW
-    # Winograd F(3x3, 2x2) wgrad (output channels in whole vectors too): (2, 32, 48, 4) above has one vector a tile
+    (2, 20, 16, 8, 3, 1, 1, 1),  # 20 input channels (a skeleton dgrad's k): the input transform in 10 lanes
+    (1, 17, 16, 6, 3, 1, 1, 1),  # 17, prime: the input transform scalar
+    (2, 16, 13, 8, 3, 1, 1, 1),  # wgrad of k = 13: dY padded with zeros to 16 channels, the padding dropped
+    (1, 32, 52, 4, 3, 1, 1, 1),  # ... k = 52 -> 64 on a 4x4 map (float64: 52 -> 56)
+    # Winograd F(3x3, 2x2) wgrad (X channels in whole vectors, dY's padded): (2, 32, 48, 4) above has one vector a tile
     (4, 128, 64, 8, 3, 1, 1, 1),  # two input-channel blocks, the batch in 4 parts
     (2, 256, 128, 4, 3, 1, 1, 1),  # eight channel blocks, one part: a block of tiles spans 2 images
     (3, 16, 32, 6, 3, 1, 1, 1),  # 3 tiles a row, 3 parts of one image
@@ -105,6 +109,8 @@ def _kernels_called(mod, function):
         ((2, 64, 64, 8, 3, 1, 1, 1), True, True, True),
         ((2, 3, 64, 8, 3, 1, 1, 1), False, True, False),  # the stem: 3 input channels stay direct
         ((2, 64, 7, 8, 3, 1, 1, 1), True, False, False),  # a skeleton's k = 7 channels of dY: direct dgrad, wgrad
+        ((2, 64, 13, 8, 3, 1, 1, 1), True, True, True),  # k = 13: Winograd dgrad, wgrad over dY padded to 16
+        ((2, 64, 20, 8, 3, 1, 1, 1), True, True, False),  # k = 20: padding to 32 would cost more than Winograd saves
         ((2, 64, 64, 7, 3, 1, 1, 1), False, False, False),  # odd output
         ((2, 64, 64, 2, 3, 1, 1, 1), False, False, False),  # a 2x2 map: one tile
         ((2, 64, 64, 8, 3, 2, 1, 1), False, False, False),  # stride 2

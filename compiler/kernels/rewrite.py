@@ -20,6 +20,12 @@ from . import direct, layout, matmul, phases, wgrad, winograd, winograd_wgrad
 from .tiles import target_isa
 
 FORWARD, DGRAD, WGRAD, MATMUL = "forward", "dgrad", "wgrad", "matmul"
+# Winograd's 16 GEMMs need this many input channels to outweigh its transforms (resnet18's skeleton dgrads on
+# AVX-512: k = 7 ran 1.1x direct's time, k = 13 0.84x)
+WINOGRAD_MIN_CHANNELS = 8
+# the weight gradient's dY channels are padded with zeros to whole vectors, up to this factor (k = 13 -> 16 ran in
+# 0.50x direct's time, k = 20 -> 32 in 0.97x, k = 7 -> 16 in 1.33x)
+WINOGRAD_WGRAD_MAX_PADDING = 1.5
 
 
 def _ints(values):
@@ -158,9 +164,11 @@ class _Rewriter(relax.PyExprMutator):
                                                     self.isa), [xp, wt], (n, o, oh, ow), op, dtype, "conv_forward")
 
     def _winograd(self, kernel_hw, stride, dilation, out_hw, in_channels, dtype):
-        """Whether a CONV runs as Winograd: its geometry allows it and its input channels fill whole vectors (the
-        input transform is vectorised over them; on resnet18's 3-channel stem it was 3x slower than direct)."""
-        return winograd.applies(kernel_hw, stride, dilation, out_hw) and in_channels % self.isa.lanes(dtype) == 0
+        """Whether a CONV runs as Winograd: its geometry allows it and it has WINOGRAD_MIN_CHANNELS input channels
+        (on resnet18's 3-channel stem it was 3x slower than direct).  A skeleton dgrad's input is dY's k channels:
+        Winograd took resnet18's r = 0.3 ones from 1.46-1.51x oneDNN's time to 0.77-1.06x (256@8, 512@4), r = 0.1's
+        512@4 (k = 52) from 1.12x to 0.90x, 128@16 (k = 13) from 1.23x to 1.03x."""
+        return winograd.applies(kernel_hw, stride, dilation, out_hw) and in_channels >= WINOGRAD_MIN_CHANNELS
 
     def _winograd_nchw(self, inp, w, inp_shape, out_hw, channels, padded, dtype, flipped, role):
         """winograd.winograd_conv of ``inp`` (padded NHWC) by the weights ``w`` (OIHW, rotated and transposed when
@@ -251,7 +259,7 @@ class _Rewriter(relax.PyExprMutator):
         kh, kw = kernel_hw
         dilation, stride = _ints(call.attrs.strides), _ints(call.attrs.dilation)  # swapped in the wgrad form
         xp, (hp, wp), stride = self._input_window(x, (oh, ow), (kh, kw), stride, dilation, call.attrs.padding)
-        if o % self.isa.lanes(dtype) == 0 and self._winograd((kh, kw), stride, dilation, (oh, ow), c, dtype):
+        if self._winograd_wgrad((kh, kw), stride, dilation, (oh, ow), c, o, dtype):
             return self._winograd_weight_grad(xp, dy, (n, hp, wp, c), (n, oh, ow, o), dtype)
         tiling = wgrad.plan(self.isa, dtype, o, c)
         op, block = tiling.out_channels, tiling.dy_block
@@ -265,16 +273,26 @@ class _Rewriter(relax.PyExprMutator):
         return relax.call_tir(self._kernel(layout.filter_from_tiles, grad_shape, dtype, o, tiling.by_input_channel), [dw],
                               relax.TensorType((o, c, kh, kw), dtype))
 
+    def _winograd_wgrad(self, kernel_hw, stride, dilation, out_hw, in_channels, out_channels, dtype):
+        """Whether a weight gradient runs as Winograd: its geometry allows it, X's channels fill whole vectors (its
+        GEMMs broadcast them in blocks) and dY's channels, padded with zeros to whole vectors (a skeleton's k), grow
+        by at most WINOGRAD_WGRAD_MAX_PADDING: resnet18's r = 0.1 skeleton wgrads 128@16, 256@8, 512@4 went from
+        1.28-1.81x oneDNN's time to 0.70-1.03x, r = 0.3's 128@16 - 512@4 from 1.02-1.45x to 0.56-0.79x."""
+        return (winograd.applies(kernel_hw, stride, dilation, out_hw) and in_channels % self.isa.lanes(dtype) == 0
+                and self.isa.padded(out_channels, dtype) <= WINOGRAD_WGRAD_MAX_PADDING * out_channels)
+
     def _winograd_weight_grad(self, xp, dy, inp_shape, dy_shape, dtype):
-        """winograd_wgrad.weight_grad of X (padded NHWC ``xp``) and dY (NCHW), whose channels fill whole vectors:
-        [3, 3, C, O], then OIHW."""
+        """winograd_wgrad.weight_grad of X (padded NHWC ``xp``) and dY (NCHW), dY's channels padded to whole vectors:
+        [3, 3, C, O'], then OIHW without the padding."""
         c, o = inp_shape[3], dy_shape[3]
-        tiling = winograd_wgrad.plan(self.isa, dtype, dy_shape, c)
+        op = self.isa.padded(o, dtype)
+        padded_shape = (*dy_shape[:3], op)
+        tiling = winograd_wgrad.plan(self.isa, dtype, padded_shape, c)
         block = tiling.dy_block
-        dyn = self._call((o // block, *dy_shape[:3], block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype, o,
-                         block)
-        grad_shape = (3, 3, c, o)
-        dw = self._call(grad_shape, dtype, winograd_wgrad.weight_grad, [xp, dyn], inp_shape, dy_shape, dtype, tiling,
+        dyn = self._call((op // block, *dy_shape[:3], block), dtype, layout.to_channel_tiles, [dy], _shape(dy), dtype,
+                         op, block)
+        grad_shape = (3, 3, c, op)
+        dw = self._call(grad_shape, dtype, winograd_wgrad.weight_grad, [xp, dyn], inp_shape, padded_shape, dtype, tiling,
                         role="conv_wgrad")
         return relax.call_tir(self._kernel(layout.filter_from_tiles, grad_shape, dtype, o, False), [dw],
                               relax.TensorType((o, c, 3, 3), dtype))
