@@ -5,7 +5,7 @@ It rewrites the three forms a CONV takes in the training graph (conv_gradient.py
 - dgrad ``conv2d_transpose`` NCHW/IOHW     -> direct NHWC CONV over (zero-dilated) padded dY, weights rotated
                                               (Winograd for 3x3 stride 1)
 - wgrad ``conv2d`` CNHW/IOHW (+ the slice of its extra taps) -> NHWC weight gradient of exactly R x S taps
-                                              (Winograd F(3x3, 2x2) for 3x3 stride 1 on whole vectors)
+                                              (Winograd F(3x3, 2x2) for 3x3 stride 1, dY padded to vectors)
 skeleton forms included (they are the same ops on k channels); and every 2-D ``matmul`` (FC forward, dX, dW)
 -> matmul.py.  Each becomes layout kernels + the CONV
 kernel, so the public NCHW/OIHW tensors are unchanged.  Grouped CONVs and other out_dtypes keep TVM's
