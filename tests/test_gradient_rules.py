@@ -41,6 +41,7 @@ def _split(x):
 
 
 OPS = {
+    "relu": F.relu,  # on a grid of halves too: torch passes no gradient through an input of exactly 0
     "clamp_0_6": lambda x: torch.clamp(x, 0, 6),  # Cast + Clip
     "clamp_min_only": lambda x: torch.clamp(x, min=-0.5),
     "relu6": F.relu6,  # hardtanh: excludes the bounds, unlike our rule, so no inputs on them here
@@ -60,7 +61,7 @@ OPS = {
 
 
 # the ONNX op each case is there for, checked in the export
-EXPORTED_AS = {"clamp_0_6": "Cast", "clamp_min_only": "Clip", "relu6": "Clip", "hardswish": "HardSwish",
+EXPORTED_AS = {"relu": "Relu", "clamp_0_6": "Cast", "clamp_min_only": "Clip", "relu6": "Clip", "hardswish": "HardSwish",
                "hardsigmoid": "HardSigmoid", "silu": "Sigmoid", "chunk": "Slice", "strided_slice": "Slice",
                "split": "Split", "mean_hw": "ReduceMean", "mean_c": "ReduceMean", "cast": "Cast", "pad": "Pad",
                "pad_value": "Pad", "concat3": "Concat", "concat1": "Concat"}
@@ -124,7 +125,7 @@ def test_op_gradient_equals_torch(op_vm, index):
     name, shape = CASES[index]
     rng = np.random.default_rng(index)
     x = 4 * rng.standard_normal(shape)
-    if name.startswith("clamp"):  # on a grid of halves: many inputs sit exactly on a bound, where torch.clamp passes the gradient
+    if name.startswith("clamp") or name == "relu":  # on a grid of halves: many inputs sit exactly on a bound
         x = np.round(2 * x) / 2
     x_torch = torch.tensor(x, requires_grad=True)
     y = OPS[name](x_torch) if name != "concat1" else x_torch * 1

@@ -17,6 +17,7 @@ import onnx
 import pytest
 import torch
 
+from fedskel.compiler import pipeline
 from fedskel.compiler.errors import CompileError
 from fedskel.compiler.onnx_loader import load_onnx
 from fedskel.compiler.pipeline import compile_model
@@ -24,8 +25,10 @@ from fedskel.compiler.torchvision_zoo import MODELS, build_torchvision_model, ex
 from fedskel.compiler.training_graph import build_training_module
 from fedskel.runtime import load
 
+from decision_probe import BuildDecisions, probe_calls, probing, scaled_errors
 from onnx_models import as_float64
-from test_compiler_gradients import TorchReference, assert_grads_close, float64_twin, random_batch, random_skeleton
+from test_compiler_gradients import (TorchReference, assert_as_accurate_as_torch, assert_grads_close, float64_twin,
+                                     random_batch, random_skeleton)
 from test_dropout import with_dropout_masks
 from test_skeleton_pass import backward_convs, conv_macs
 from torch_oracle import nn_conv_outputs, torch_gradients, with_exact_hard_activations
@@ -40,14 +43,13 @@ STATISTICS_TOLERANCE = 1e-9  # float64: rounding level (the issue asks for 1e-6)
 # float32 builds are held to the float32 standard of test_compiler_gradients: per tensor at most 4x torch float32's
 # own error against float64, ReLU ties taken the build's way.  At 32x32, batch 4, the last BatchNorms see 4 values
 # and torch's own float32 gradients are 0.5% (mobilenet_v2) to 160% (regnet) off float64; at 64x64, batch 8, most
-# are within 3e-5.  Four stay tie-bound there: float32 rounding decides so many ReLU and max-pool ties that torch's
-# own float32 gradients are 27% (densenet121), 17% (regnet_x_400mf) and 20% (googlenet) off float64, which leaves
-# no float32 answer to hold a build to; their graphs are checked in float64 above.  mobilenet_v2 is a lottery of
-# ReLU6 ties (which ReluDecisions does not reverse): over batches 0-3, torch float32's median error against
-# float64 is 1e-5 but 1e-2 on batch 2; a build's is 1e-5 or 1e-3..1e-2 by batch, and which batches depends on
-# the rounding of BatchNorm's forward (batch 3 before the closed-form BatchNorm, batches 0-2 after, whose forward
-# is 4x closer to float64's).
+# are within 3e-5.  Four are tie-bound there: float32 rounding decides so many ReLU, ReLU6 and max-pool ties
+# that torch's own float32 gradients are 27% (densenet121), 17% (regnet_x_400mf), 20% (googlenet) and, on one
+# batch in four, 1e-2 (mobilenet_v2) off float64, which leaves no float32 answer to hold a build to.  Those are
+# judged on the build's own decisions (decision_probe.py): float64 and torch float32 both replay them, and the
+# build must be within the same 4x of torch's error and within 1e-4 of each tensor's largest gradient.
 FLOAT32_INPUT = ((3, 64, 64), 8)
+FLOAT32_TOLERANCE = 1e-4  # the issue's, of each tensor's largest gradient
 TIE_BOUND_IN_FLOAT32 = ("densenet121", "regnet_x_400mf", "googlenet", "mobilenet_v2")
 
 
@@ -111,6 +113,31 @@ def test_torchvision_float32_gradients_as_accurate_as_torch(tmp_path, name):
     reference = TorchReference(with_dropout_masks(module, x, SEED).train(), nn_conv_outputs, exact)
     for skeleton in (None, random_skeleton(trainer)):
         reference.assert_matches(trainer.gradients(x, y, skeleton, seed=SEED), reference.gradients(x, y, skeleton))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIE_BOUND_IN_FLOAT32)
+def test_tie_bound_float32_gradients_as_accurate_as_torch_on_the_builds_decisions(tmp_path, monkeypatch, name):
+    _torchvision_or_skip(name)
+    path = tmp_path / f"{name}.onnx"
+    module = export_torchvision_onnx(name, 10, *FLOAT32_INPUT, path)
+    monkeypatch.setattr(pipeline, "load_training_module", probing(pipeline.load_training_module))
+    compile_model(str(path), tmp_path / f"{name}.fsk", ratio=0.3, opt_level=FAST_BUILD)
+    trainer = load(tmp_path / f"{name}.fsk")
+    x, y = random_batch(trainer)
+    exact = with_dropout_masks(with_exact_hard_activations(float64_twin(module)), x.astype(np.float64), SEED).train()
+    single = with_dropout_masks(with_exact_hard_activations(module), x, SEED).train()
+    for skeleton in (None, random_skeleton(trainer)):
+        got, probes = probe_calls(trainer, x, y, skeleton, seed=SEED)
+        for weight, value in trainer.gradients(x, y, skeleton, seed=SEED).items():
+            np.testing.assert_array_equal(got[weight], value, err_msg=weight)  # the build's own function, bit for bit
+        with BuildDecisions(probes):
+            _, want = torch_gradients(exact, nn_conv_outputs, x.astype(np.float64), y, skeleton)
+        with BuildDecisions(probes):
+            _, torch32 = torch_gradients(single, nn_conv_outputs, x, y, skeleton)
+        assert_as_accurate_as_torch(got, torch32, want)
+        errors = scaled_errors(got, want)
+        assert max(errors.values()) < FLOAT32_TOLERANCE, max(errors.items(), key=lambda item: item[1])
 
 
 def assert_running_statistics_equal_torch(trainer, module, x, y):
