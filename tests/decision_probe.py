@@ -14,6 +14,7 @@ float32 rounding of smooth arithmetic, which the issue's 1e-4 of each tensor's l
 """
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 import tvm
 from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
+
+from test_compiler_gradients import _errors, _scales
 
 PROBED_OPS = {"relax.nn.relu": "relu", "relax.clip": "clip", "relax.nn.max_pool2d": "max_pool2d"}
 KINDS = tuple(PROBED_OPS.values())
@@ -75,7 +78,7 @@ def probe_calls(trainer, x, y, skeleton=None, seed=None):
 
 
 class BuildDecisions:
-    """torch's ReLU, hardtanh (ReLU6) and max_pool2d replaced, call by call, by versions that take the decisions
+    """torch's ReLU, ReLU6, hardtanh and max_pool2d replaced, call by call, by versions that take the decisions
     of a float32 build's inputs ``probes`` (matched
     to torch's calls by kind, shape and value).  ``flipped``: how many decisions differed from the float64 inputs'."""
 
@@ -86,15 +89,16 @@ class BuildDecisions:
         self.flipped = 0
 
     def __enter__(self):
-        self._saved = torch.relu, torch.Tensor.relu, F.relu, F.hardtanh, F.max_pool2d
+        self._saved = torch.relu, torch.Tensor.relu, F.relu, F.hardtanh, F.max_pool2d, F.relu6
         torch.relu = torch.Tensor.relu = lambda z: self._relu(z)
         F.relu = lambda z, inplace=False: self._relu(z)
         F.hardtanh = lambda z, min_val=-1.0, max_val=1.0, inplace=False: self._clip(z, min_val, max_val)
         F.max_pool2d = self._max_pool2d
+        F.relu6 = lambda z, inplace=False: self._clip(z, 0.0, 6.0)
         return self
 
     def __exit__(self, *exc):
-        torch.relu, torch.Tensor.relu, F.relu, F.hardtanh, F.max_pool2d = self._saved
+        torch.relu, torch.Tensor.relu, F.relu, F.hardtanh, F.max_pool2d, F.relu6 = self._saved
         if exc[0] is None:
             assert len(self.used) == len(self.probes), f"torch made {len(self.used)} probed calls, the build {len(self.probes)}"
 
@@ -119,19 +123,10 @@ class BuildDecisions:
 
     def _clip(self, z, low, high):
         probe = self._next("clip", z)
-        inside = torch.ones_like(probe, dtype=torch.bool)
-        exact = torch.ones_like(inside)
-        value = z
-        for bound, keep in ((low, lambda t, b: t >= b), (high, lambda t, b: t <= b)):
-            if bound is None:
-                continue
-            inside &= keep(probe, bound)
-            exact &= keep(z.detach(), bound)
-        self.flipped += int((inside != exact).sum())
-        below = probe < low if low is not None else torch.zeros_like(inside)
-        clamped = torch.where(below, torch.as_tensor(low if low is not None else 0.0, dtype=z.dtype),
-                              torch.as_tensor(high if high is not None else 0.0, dtype=z.dtype))
-        return torch.where(inside, value, clamped)
+        low, high = -math.inf if low is None else low, math.inf if high is None else high
+        inside = (probe >= low) & (probe <= high)  # bounds included, as compiler/gradients/clip.py
+        self.flipped += int((inside != ((z.detach() >= low) & (z.detach() <= high))).sum())
+        return torch.where(inside, z, torch.where(probe < low, low, high).to(z.dtype))
 
     def _max_pool2d(self, z, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
         probe = self._next("max_pool2d", z)
@@ -143,10 +138,9 @@ class BuildDecisions:
         return (pooled, index) if return_indices else pooled
 
 
-def scaled_errors(got, want, floor=1e-2):
-    """{name: max |got - want| / max(|want| max, floor x the model's largest gradient)}."""
-    model_scale = max(np.abs(w).max() for w in want.values())
-    return {n: float(np.abs(got[n] - w).max() / max(np.abs(w).max(), floor * model_scale)) for n, w in want.items()}
+def scaled_errors(got, want):
+    """{name: max |got - want| relative to the tensor's scale}, the scale as test_compiler_gradients takes it."""
+    return _errors(got, want, _scales(want))
 
 
 def probing(load_training_module):

@@ -92,15 +92,18 @@ def nn_conv_outputs(module, x):
 
 class ExactHardSigmoid(torch.nn.Module):
     """HardSigmoid from exact primitives: torch's own float64 backward multiplies by the float32 1/6
-    (3e-8 off the derivative of its forward), which a float64 oracle held to 1e-9 cannot use."""
+    (3e-8 off the derivative of its forward), which a float64 oracle held to 1e-9 cannot use.  Written as
+    ONNX's HardSigmoid (a clip of x / 6 + 1/2 to [0, 1]), so its clip sees what the build's does."""
 
     def forward(self, x):
-        return F.relu6(x + 3.0) / 6.0
+        return F.hardtanh(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)
 
 
-class ExactHardSwish(ExactHardSigmoid):
+class ExactHardSwish(torch.nn.Module):
+    """HardSwish as ONNX's (x times a clip of x + 3 to [0, 6], over 6), from exact primitives likewise."""
+
     def forward(self, x):
-        return x * super().forward(x)
+        return x * (F.relu6(x + 3.0) / 6.0)
 
 
 def replace_submodule(module, name, replacement):
