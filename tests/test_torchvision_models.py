@@ -3,9 +3,9 @@ training graph's IR, seconds per model), they compile, and their gradients equal
 
 Random weights, 10 classes, 3x32x32 (regnet 3x64x64: see INPUT), batch 4, float64, exported the way
 ``fedskel-compile torchvision:NAME`` does; float32 builds at 3x64x64, batch 8 (FLOAT32_INPUT).  Dropouts are
-compared with the masks the compiled model draws for a given seed (test_dropout.py).  Every model takes a
+compared with the masks the compiled model draws for a given seed (test_dropout.py).  Most models take a
 minute or more to compile on two cores, even with LLVM at opt level 0 (what LLVM's optimisations may change is
-checked once in test_targets.py), so those run in the slow step; scripts/setup.sh installs torchvision
+checked once in test_targets.py), so all but one run in the slow step; scripts/setup.sh installs torchvision
 (without it they are skipped).
 """
 
@@ -51,6 +51,12 @@ FLOAT32_INPUT = ((3, 64, 64), 8)
 FLOAT32_TOLERANCE = 1e-4  # the issue's, of each tensor's largest gradient
 
 
+# squeezenet1_1 compiles in ~15 s at opt level 0: the default run checks one whole model's compiled gradients
+# (float64 and float32); the slow step checks the other ten.
+DEFAULT_RUN_MODEL = "squeezenet1_1"
+SLOW_BUT_ONE = [name if name == DEFAULT_RUN_MODEL else pytest.param(name, marks=pytest.mark.slow) for name in MODELS]
+
+
 def _torchvision_or_skip(name):
     try:
         return build_torchvision_model(name, 10)
@@ -78,8 +84,7 @@ def test_skeleton_backward_macs_are_k_over_cout_per_conv(tmp_path, name):
         assert conv_macs(skeleton_op) * cout == conv_macs(full_op) * k
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", SLOW_BUT_ONE)
 def test_torchvision_gradients_equal_torch(tmp_path, name):
     _torchvision_or_skip(name)
     path = tmp_path / f"{name}.onnx"
@@ -98,8 +103,7 @@ def test_torchvision_gradients_equal_torch(tmp_path, name):
     assert_running_statistics_equal_torch(trainer, statistics, x, y)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", SLOW_BUT_ONE)
 def test_torchvision_float32_gradients_as_accurate_as_torch_on_the_builds_decisions(tmp_path, monkeypatch, name):
     _torchvision_or_skip(name)
     path = tmp_path / f"{name}.onnx"
