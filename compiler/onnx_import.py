@@ -3,8 +3,8 @@
 TVM 0.27 imports ONNX Clip and Pad as ``call_tir`` of TOPI kernels, through which no gradient can pass.
 Here they become ``relax.clip`` and ``relax.nn.pad``, whose gradients compiler/gradients/ registers.
 HardSigmoid keeps torch's exact slope (onnx_floats.py; torch's own float64 backward multiplies by the
-float32 1/6, ``1.0f / 6.0f``, 3e-8 from the derivative of its forward).  Every other op goes through TVM's
-own converter.
+float32 1/6, ``1.0f / 6.0f``, 3e-8 from the derivative of its forward), and LeakyRelu its slope as
+written (0.1, not the float32 attribute's 0.10000000149).  Every other op goes through TVM's own converter.
 """
 
 import contextlib
@@ -64,7 +64,11 @@ def _hard_sigmoid(inputs, attrs, params):
     return relax.op.clip(relax.op.add(relax.op.multiply(alpha, x), beta), 0.0, 1.0)
 
 
-CONVERTERS = {"Clip": _clip, "Pad": _pad, "HardSigmoid": _hard_sigmoid}
+def _leaky_relu(inputs, attrs, params):
+    return relax.op.nn.leakyrelu(inputs[0], intended_value(attrs.get("alpha", 0.01)))
+
+
+CONVERTERS = {"Clip": _clip, "Pad": _pad, "HardSigmoid": _hard_sigmoid, "LeakyRelu": _leaky_relu}
 
 
 class NodeImportError(Exception):

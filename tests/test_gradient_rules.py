@@ -42,6 +42,7 @@ def _split(x):
 
 OPS = {
     "relu": F.relu,  # on a grid of halves too: torch passes no gradient through an input of exactly 0
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.1),  # and the slope's gradient through one
     "clamp_0_6": lambda x: torch.clamp(x, 0, 6),  # Cast + Clip
     "clamp_min_only": lambda x: torch.clamp(x, min=-0.5),
     "relu6": F.relu6,  # hardtanh: excludes the bounds, unlike our rule, so no inputs on them here
@@ -61,7 +62,7 @@ OPS = {
 
 
 # the ONNX op each case is there for, checked in the export
-EXPORTED_AS = {"relu": "Relu", "clamp_0_6": "Cast", "clamp_min_only": "Clip", "relu6": "Clip", "hardswish": "HardSwish",
+EXPORTED_AS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "clamp_0_6": "Cast", "clamp_min_only": "Clip", "relu6": "Clip", "hardswish": "HardSwish",
                "hardsigmoid": "HardSigmoid", "silu": "Sigmoid", "chunk": "Slice", "strided_slice": "Slice",
                "split": "Split", "mean_hw": "ReduceMean", "mean_c": "ReduceMean", "cast": "Cast", "pad": "Pad",
                "pad_value": "Pad", "concat3": "Concat", "concat1": "Concat"}
@@ -125,7 +126,7 @@ def test_op_gradient_equals_torch(op_vm, index):
     name, shape = CASES[index]
     rng = np.random.default_rng(index)
     x = 4 * rng.standard_normal(shape)
-    if name.startswith("clamp") or name == "relu":  # on a grid of halves: many inputs sit exactly on a bound
+    if name.startswith("clamp") or name.endswith("relu"):  # on a grid of halves: many inputs sit exactly on a bound
         x = np.round(2 * x) / 2
     x_torch = torch.tensor(x, requires_grad=True)
     y = OPS[name](x_torch) if name != "concat1" else x_torch * 1
@@ -193,7 +194,23 @@ class ShuffleV3Block(torch.nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-@pytest.mark.parametrize("block,tolerance", [(MobileNetV2Block, FLOAT64_TOLERANCE), (ShuffleV3Block, HARD_SIGMOID_TOLERANCE)])
+class TinyYoloBlock(torch.nn.Module):
+    """Darknet's pattern (Tiny-YOLO backbones): CONV, BatchNorm, LeakyReLU(0.1), max-pool."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, classes)
+
+    def forward(self, x):
+        y = F.max_pool2d(F.leaky_relu(self.bn(self.conv1(x)), 0.1), 2)
+        return self.fc(F.leaky_relu(self.conv2(y), 0.1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("block,tolerance", [(MobileNetV2Block, FLOAT64_TOLERANCE), (ShuffleV3Block, HARD_SIGMOID_TOLERANCE),
+                                             (TinyYoloBlock, FLOAT64_TOLERANCE)])
 def test_block_gradients_equal_torch(tmp_path, block, tolerance):
     torch.manual_seed(0)
     module = block()
