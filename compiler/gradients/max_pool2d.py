@@ -17,48 +17,7 @@ from tvm import relax
 from tvm.relax.op.base import register_gradient
 
 from ..conv_gradient import static_shape
-
-
-def _pairs(values):
-    return tuple(int(v) for v in values)
-
-
-def _window_geometry(attrs, in_hw, out_hw):
-    """Per axis: (kernel, stride, dilation, pad_before, pad_after), pad_after covering ceil_mode windows."""
-    kernel, strides, dilation = _pairs(attrs.pool_size), _pairs(attrs.strides), _pairs(attrs.dilation)
-    padding = _pairs(attrs.padding)
-    axes = []
-    for axis in range(2):
-        k, s, d = kernel[axis], strides[axis], dilation[axis]
-        before, after = padding[axis], padding[axis + 2]
-        span = (out_hw[axis] - 1) * s + d * (k - 1) + 1
-        axes.append((k, s, d, before, max(after, span - in_hw[axis] - before)))
-    return axes
-
-
-def _axis_taps(k, s, d, before, size, out_size):
-    """For one axis: position[tap, o] in the unpadded input of window o's tap, or -1 inside the padding."""
-    position = np.arange(k)[:, None] * d + np.arange(out_size)[None, :] * s - before
-    return np.where((position >= 0) & (position < size), position, -1)
-
-
-def _gather_table(rows, cols, in_hw, out_hw):
-    """table[input position, j]: flat index into the stacked per-tap gradients; the last index is a zero."""
-    (kh, oh), (kw, ow) = (rows.shape[0], out_hw[0]), (cols.shape[0], out_hw[1])
-    src = np.arange(kh * kw * oh * ow).reshape(kh, kw, oh, ow)
-    row = np.broadcast_to(rows[:, None, :, None], src.shape)
-    col = np.broadcast_to(cols[None, :, None, :], src.shape)
-    inside = (row >= 0) & (col >= 0)
-    target = (row * in_hw[1] + col)[inside]
-    source = src[inside]
-    order = np.argsort(target, kind="stable")
-    target, source = target[order], source[order]
-    counts = np.bincount(target, minlength=in_hw[0] * in_hw[1])
-    width = max(1, int(counts.max()))
-    table = np.full((in_hw[0] * in_hw[1], width), kh * kw * oh * ow, dtype="int64")
-    slot = np.arange(len(target)) - np.repeat(np.cumsum(counts) - counts, counts)
-    table[target, slot] = source
-    return table
+from ._windows import sum_over_windows, window_geometry
 
 
 def _tiles_map(geometry, in_hw, out_hw):
@@ -96,7 +55,7 @@ def _max_pool2d_grad(orig_var, orig_call, output_grad, ctx):
     batch, channels, height, width = static_shape(data)
     out_h, out_w = static_shape(orig_var)[2:]
     dtype = data.ty.dtype
-    geometry = _window_geometry(attrs, (height, width), (out_h, out_w))
+    geometry = window_geometry(attrs, (height, width), (out_h, out_w))
     (kh, sh, dh, top, bottom), (kw, sw, dw, left, right) = geometry
     if _tiles_map(geometry, (height, width), (out_h, out_w)):
         return [_tiled_max_pool2d_grad(data, output_grad, kh, kw, (out_h, out_w))]
@@ -111,13 +70,7 @@ def _max_pool2d_grad(orig_var, orig_call, output_grad, ctx):
     winner = relax.op.argmax(relax.op.stack(taps, axis=2), axis=2, keepdims=True)
     tap_index = relax.const(np.arange(kh * kw, dtype="int64").reshape(1, 1, -1, 1, 1))
     per_tap = relax.op.where(relax.op.equal(winner, tap_index), relax.op.expand_dims(output_grad, 2), relax.const(0, dtype))
-    per_tap = relax.op.reshape(per_tap, (batch, channels, kh * kw * out_h * out_w))
-    per_tap = relax.op.concat([per_tap, relax.op.zeros((batch, channels, 1), dtype)], axis=2)
-    rows = _axis_taps(kh, sh, dh, top, height, out_h)
-    cols = _axis_taps(kw, sw, dw, left, width, out_w)
-    table = _gather_table(rows, cols, (height, width), (out_h, out_w))
-    gathered = relax.op.take(per_tap, relax.const(table.reshape(-1)), axis=2)
-    return [relax.op.sum(relax.op.reshape(gathered, (batch, channels, height, width, table.shape[1])), axis=[4])]
+    return [sum_over_windows(per_tap, (batch, channels, height, width), dtype, geometry, (out_h, out_w))]
 
 
 # Importing this module installs the rule; level 20 outranks TVM's own (level 10).
