@@ -44,6 +44,11 @@ OPS = {
     "relu": F.relu,  # on a grid of halves too: torch passes no gradient through an input of exactly 0
     "leaky_relu": lambda x: F.leaky_relu(x, 0.1),  # and the slope's gradient through one
     "squeeze": lambda x: x[:, :1].squeeze(1) * 2,
+    "unsqueeze": lambda x: x.unsqueeze(2) * 2,
+    "gather": lambda x: x[:, 0] * 3,  # a scalar index
+    "gather_repeated": lambda x: x[:, [1, 0, 1]] * 3,  # a repeated index adds up
+    "transpose": lambda x: x.transpose(2, 3) * 2,
+    "sub_div": lambda x: (x - 1.5) / 2.5,
     "tanh": torch.tanh,
     "clamp_0_6": lambda x: torch.clamp(x, 0, 6),  # Cast + Clip
     "clamp_min_only": lambda x: torch.clamp(x, min=-0.5),
@@ -64,7 +69,8 @@ OPS = {
 
 
 # the ONNX op each case is there for, checked in the export
-EXPORTED_AS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "squeeze": "Squeeze", "tanh": "Tanh", "clamp_0_6": "Cast", "clamp_min_only": "Clip", "relu6": "Clip", "hardswish": "HardSwish",
+EXPORTED_AS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "squeeze": "Squeeze", "unsqueeze": "Unsqueeze",
+               "gather": "Gather", "gather_repeated": "Gather", "transpose": "Transpose", "sub_div": "Div", "tanh": "Tanh", "clamp_0_6": "Cast", "clamp_min_only": "Clip", "relu6": "Clip", "hardswish": "HardSwish",
                "hardsigmoid": "HardSigmoid", "silu": "Sigmoid", "chunk": "Slice", "strided_slice": "Slice",
                "split": "Split", "mean_hw": "ReduceMean", "mean_c": "ReduceMean", "cast": "Cast", "pad": "Pad",
                "pad_value": "Pad", "concat3": "Concat", "concat1": "Concat"}

@@ -4,4 +4,4 @@ Importing the package registers every rule (each module calls ``register_gradien
 TVM's level 10), so the training graph only needs ``from . import gradients``.
 """
 
-from . import avg_pool2d, batch_norm, clip, concat, leaky_relu, max_pool2d, pad, relu, squeeze, strided_slice  # noqa: F401
+from . import avg_pool2d, batch_norm, clip, concat, leaky_relu, max_pool2d, pad, relu, squeeze, strided_slice, take  # noqa: F401
